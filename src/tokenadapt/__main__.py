@@ -1,0 +1,5 @@
+import sys
+
+from tokenadapt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""The `tokenadapt` command: parse, call one library function, print its result.
+
+Flags are generated from the option dataclasses in `options.py`, so a default is written once, there.
+User errors (`TokenAdaptError`) print one paragraph and exit 2; Ctrl-C exits 130; neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenadapt.errors import TokenAdaptError
+from tokenadapt.options import EvalOptions, TransplantOptions
+
+DESCRIPTION = "Move a pretrained language model onto a new tokenizer, zero-shot, and measure what it costs."
+DEMO_MODEL, DEMO_TOKENIZER, DEMO_TEXTS = "smollm2-135m", "llama3", ("wiki-en",)
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One --flag per dataclass field, with the field's default and help (booleans get --x/--no-x)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
+
+
+def options_from(args: argparse.Namespace, cls: type) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenadapt", description=DESCRIPTION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("list", help="built-in models, tokenizers, embedders, texts and methods, and what is cached")
+
+    t = commands.add_parser("transplant", help="move a model onto a new tokenizer, zero-shot")
+    t.add_argument("model", help="built-in name, model directory, .gguf file or Hub id")
+    t.add_argument(
+        "tokenizer",
+        help="built-in name, tokenizer dir/file (tokenizer.json, .model, tiktoken, Tekken, .gguf)",
+    )
+    t.add_argument("out", type=Path, help="output directory (must not exist unless --overwrite)")
+    add_dataclass_flags(t, TransplantOptions)
+
+    e = commands.add_parser("eval", help="bits per byte, perplexity and compression on texts")
+    e.add_argument("model", help="built-in name, model directory, .gguf file or Hub id")
+    e.add_argument("--reference", help="a model to compare with (usually the original)")
+    e.add_argument("--text", action="append", help="built-in text name or local path (repeatable; default wiki-en)")
+    e.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    add_dataclass_flags(e, EvalOptions)
+
+    d = commands.add_parser("demo", help=f"transplant {DEMO_MODEL} onto {DEMO_TOKENIZER} and compare before/after")
+    d.add_argument("--method", default=TransplantOptions.method, help="method to demonstrate")
+    return parser
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    progress = not args.quiet
+    if args.command == "list":
+        print(render_list())
+    elif args.command == "transplant":
+        from tokenadapt.transplant import transplant
+
+        command = "tokenadapt " + shlex.join(argv)
+        result = transplant(
+            args.model, args.tokenizer, args.out, options_from(args, TransplantOptions), progress, command
+        )
+        print(result.to_markdown())
+    elif args.command == "eval":
+        from tokenadapt.evaluation import evaluate
+
+        texts = args.text or ["wiki-en"]
+        scores = evaluate(args.model, texts, args.reference, options_from(args, EvalOptions), progress)
+        if args.json:
+            args.json.write_text(json.dumps(scores.to_dict(), indent=2, default=str) + "\n")
+        print(scores.to_markdown())
+    elif args.command == "demo":
+        print(run_demo(args.method, progress))
+    return 0
+
+
+def run_demo(method: str, progress: bool) -> str:
+    """The README's main job on built-in defaults: transplant, then compare bits and tokens per byte."""
+    from tokenadapt.evaluation import evaluate
+    from tokenadapt.transplant import transplant
+    from tokenadapt.zoo.cache import cache_path
+
+    out = cache_path("demo", f"{DEMO_MODEL}-{DEMO_TOKENIZER}-{method}")
+    options = TransplantOptions(method=method, overwrite=True)
+    command = f"tokenadapt transplant {DEMO_MODEL} {DEMO_TOKENIZER} {out} --method {method}"
+    result = transplant(DEMO_MODEL, DEMO_TOKENIZER, out, options, progress, command)
+    scores = evaluate(out, list(DEMO_TEXTS), reference=DEMO_MODEL, options=EvalOptions(bos="never"), progress=progress)
+    return "\n\n".join(
+        [
+            result.to_markdown(),
+            f"## Before ({DEMO_MODEL}) and after ({DEMO_TOKENIZER} tokenizer, {method}), zero-shot",
+            scores.to_markdown().split("\n", 2)[2],
+            f"The transplanted model is in {out}; load it with AutoModelForCausalLM.from_pretrained.",
+        ]
+    )
+
+
+def render_list() -> str:
+    from tokenadapt.methods import METHODS
+    from tokenadapt.report import markdown_table
+    from tokenadapt.zoo import cache_root, list_artifacts
+    from tokenadapt.zoo.texts import list_texts
+
+    artifacts = [[a.kind, a.name, "yes" if a.cached else "no", a.description] for a in list_artifacts()]
+    texts = [["text", t.name, "yes" if t.cached else "no", t.description] for t in list_texts()]
+    methods = [[name, spec.summary] for name, spec in METHODS.items()]
+    return "\n\n".join(
+        [
+            f"Cache: {cache_root()} (set TOKENADAPT_CACHE to move it)",
+            markdown_table(["kind", "name", "cached", "description"], artifacts + texts),
+            markdown_table(["method", "summary"], methods),
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return run(args, argv)
+    except TokenAdaptError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written, inputs are untouched.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

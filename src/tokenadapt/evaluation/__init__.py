@@ -1,0 +1,6 @@
+"""Scoring models on text (bits per byte, perplexity, compression) and comparing them with a reference."""
+
+from tokenadapt.evaluation.evaluator import EvalResult, evaluate
+from tokenadapt.evaluation.scoring import TextScore, score_text
+
+__all__ = ["EvalResult", "TextScore", "evaluate", "score_text"]

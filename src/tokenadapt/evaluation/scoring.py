@@ -1,0 +1,150 @@
+"""Score a causal LM on a text: the one scoring implementation used by the CLI, the demo and the benchmarks.
+
+Bits per byte is the measure that compares models whose tokenizers differ: the summed next-token negative
+log-likelihood (in bits) of every scored token, divided by the UTF-8 bytes those tokens cover. Token-level
+perplexity depends on the tokenizer and is reported alongside, as the paper's tables do.
+
+Windowing: the text's tokens are scored left to right in windows of `context` tokens; each window scores the
+`stride` tokens at its end (stride is capped at context - 1), so every token is scored exactly once and, past the
+first window, with at least context - stride tokens of history. Without a bos token the first token has no
+prediction: it is not scored, and its bytes are not counted.
+
+    >>> score = score_text(model, tokenizer, "Hello world. " * 100, EvalOptions(context=64, stride=32))
+    >>> round(score.bits_per_byte, 3), score.scored_tokens
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tokenadapt.errors import InputError
+from tokenadapt.options import EvalOptions
+
+
+@dataclass(frozen=True)
+class TextScore:
+    """Scoring figures for one text: nll in nats over `scored_tokens` tokens that cover `scored_bytes` bytes."""
+
+    nll: float
+    scored_tokens: int
+    scored_bytes: int
+    tokens: int
+    bytes: int
+    bos: bool
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / math.log(2) / max(self.scored_bytes, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / max(self.scored_tokens, 1))
+
+    @property
+    def tokens_per_byte(self) -> float:
+        return self.tokens / max(self.bytes, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bits_per_byte": self.bits_per_byte,
+            "perplexity": self.perplexity,
+            "tokens_per_byte": self.tokens_per_byte,
+            "nll_nats": self.nll,
+            "scored_tokens": self.scored_tokens,
+            "scored_bytes": self.scored_bytes,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "bos": self.bos,
+        }
+
+
+def wants_bos(tokenizer: Any, policy: str) -> bool:
+    """Whether to prepend bos: 'always', 'never', or 'auto' (when the tokenizer itself adds it)."""
+    if policy == "never" or tokenizer.bos_token_id is None:
+        return False
+    if policy == "always":
+        return True
+    probe = tokenizer("a", add_special_tokens=True).input_ids
+    return bool(probe) and probe[0] == tokenizer.bos_token_id
+
+
+def encode_with_byte_ends(tokenizer: Any, text: str) -> tuple[list[int], np.ndarray]:
+    """Token ids of `text` (no special tokens) and, per token, the UTF-8 byte offset where it ends."""
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(encoding["input_ids"])
+    char_ends = np.array([end for _, end in encoding["offset_mapping"]], dtype=np.int64)
+    byte_offsets = np.zeros(len(text) + 1, dtype=np.int64)
+    if text:
+        byte_offsets[1:] = np.cumsum([len(c.encode("utf-8")) for c in text])
+    return ids, byte_offsets[np.clip(char_ends, 0, len(text))]
+
+
+def windows(n_positions: int, first_scored: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(input_start, input_end, first_scored_position) per window; targets are positions [first, input_end).
+
+    >>> windows(10, 1, context=4, stride=3)
+    [(0, 4, 1), (3, 7, 4), (6, 10, 7)]
+    """
+    stride = max(1, min(stride, context - 1))
+    spans: list[tuple[int, int, int]] = []
+    first = first_scored
+    while first < n_positions:
+        end = min(first + stride, n_positions)
+        start = max(0, end - context)
+        spans.append((start, end, first))
+        first = end
+    return spans
+
+
+@torch.inference_mode()
+def score_text(
+    model: Any, tokenizer: Any, text: str, options: EvalOptions | None = None, progress: bool = False
+) -> TextScore:
+    """Score `text` with `model`; see the module docstring for the windowing and byte accounting."""
+    options = (options or EvalOptions()).validated()
+    if not text.strip():
+        raise InputError("The text to score is empty.", "Pass a text with some content.")
+    ids, byte_ends = encode_with_byte_ends(tokenizer, text)
+    total_bytes = len(text.encode("utf-8"))
+    bos = wants_bos(tokenizer, options.bos)
+    sequence = torch.tensor(([tokenizer.bos_token_id] if bos else []) + ids, dtype=torch.long)
+    first_scored = 1  # position 0 is bos (scored from it) or the first text token (no prediction for it)
+    if sequence.numel() < 2:
+        raise InputError("The text is too short to score (fewer than two tokens).", "Pass a longer text.")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if int(sequence.max()) >= rows:
+        raise InputError(
+            f"The tokenizer emits id {int(sequence.max())} but the model has only {rows} embedding rows.",
+            "The model and tokenizer do not belong together: pass the tokenizer saved with the model.",
+        )
+    spans = windows(sequence.numel(), first_scored, options.context, options.stride)
+    nll = 0.0
+    for start, end, first in tqdm(spans, desc="score", unit="win", disable=not progress):
+        keep = end - first + 1  # logits for the positions that predict the scored targets (and one more)
+        logits = _forward_logits(model, sequence[start:end].unsqueeze(0), keep)[0, -keep:-1]
+        targets = sequence[first:end]
+        nll += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+    text_tokens_scored = len(ids) if bos else len(ids) - 1
+    scored_bytes = total_bytes if bos else total_bytes - int(byte_ends[0])
+    return TextScore(
+        nll=nll,
+        scored_tokens=text_tokens_scored,
+        scored_bytes=scored_bytes,
+        tokens=len(ids),
+        bytes=total_bytes,
+        bos=bos,
+    )
+
+
+def _forward_logits(model: Any, input_ids: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions; the model skips the rest (a [T, V] block is large for 128k+ vocabs)."""
+    try:
+        return model(input_ids=input_ids, logits_to_keep=keep).logits
+    except TypeError:  # models without logits_to_keep
+        return model(input_ids=input_ids).logits[:, -keep:]

@@ -1,0 +1,162 @@
+"""Each method against a hand computation on a tiny vocabulary.
+
+Old vocabulary: 4 tokens with 2-d embeddings; auxiliary space is 2-d too, so cosines are easy to write down.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tokenadapt.methods import METHODS, get_method
+from tokenadapt.methods.base import MethodInputs
+from tokenadapt.methods.combine import masked_softmax
+from tokenadapt.neighbors import Neighbors, top_k_neighbors
+from tokenadapt.options import TransplantOptions
+from tokenadapt.vocab.decompose import Decomposition
+
+OLD = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [4.0, 4.0]])
+OLD_BYTES = torch.tensor([6.0, 5.0, 3.0, 1.0])
+
+
+def unit(*values: float) -> torch.Tensor:
+    v = torch.tensor(values)
+    return v / v.norm()
+
+
+def make_inputs(options: TransplantOptions | None = None, candidates: torch.Tensor | None = None) -> MethodInputs:
+    """Two new tokens: token 0 = pieces (0, 1), 11 bytes; token 1 cannot be spelled and has no text."""
+    aux_old = torch.stack([unit(1.0, 0.0), unit(0.0, 1.0), unit(1.0, 1.0), unit(1.0, -1.0)])
+    # a query with cos 0.6 to old 0 and cos 0.5 to old 1 does not exist in 2-d; use 3-d auxiliary space instead
+    aux_old = torch.nn.functional.pad(aux_old, (0, 1))
+    x, y = 0.6, 0.5
+    query = torch.tensor([x, y, math.sqrt(1 - x * x - y * y)])
+    return MethodInputs(
+        new_ids=np.array([10, 11]),
+        old_candidates=torch.tensor([True, True, True, False]) if candidates is None else candidates,
+        new_byte_lengths=torch.tensor([11.0, 4.0]),
+        old_byte_lengths=OLD_BYTES,
+        options=options or TransplantOptions(),
+        decomposition=Decomposition(
+            pieces=torch.tensor([[0, 1], [0, 0]]), mask=torch.tensor([[True, True], [False, False]])
+        ),
+        aux_new=torch.stack([query, torch.zeros(3)]),
+        aux_new_ok=torch.tensor([True, False]),
+        aux_old=aux_old,
+        aux_old_ok=torch.tensor([True, True, True, True]),
+        neighbors=Neighbors(
+            indices=torch.tensor([[0, 1, 2], [0, 0, 0]]),
+            similarities=torch.tensor([[0.9, 0.6, 0.3], [0.0, 0.0, 0.0]]),
+        ),
+    )
+
+
+CANDIDATE_MEAN = torch.tensor([2 / 3, 2 / 3])  # mean of rows 0..2; row 3 is not a real token
+
+
+def test_local_matches_the_worked_example() -> None:
+    estimate = get_method("local").fn(OLD, make_inputs())
+    w_sem = torch.softmax(torch.tensor([0.6, 0.5]), 0)
+    length = torch.tensor([6 / 11, 5 / 11])
+    w = torch.softmax((w_sem + length) / 2 / 0.3, 0)
+    assert torch.allclose(w, torch.tensor([0.559, 0.441]), atol=1e-3)  # the docstring's numbers
+    assert torch.allclose(estimate.rows[0], w[0] * OLD[0] + w[1] * OLD[1], atol=1e-6)
+    assert torch.allclose(estimate.rows[1], CANDIDATE_MEAN)  # unspellable -> mean of real old rows
+    assert estimate.paths == {"local": 1, "fallback-mean": 1}
+
+
+def test_global_matches_the_worked_example() -> None:
+    estimate = get_method("global").fn(OLD, make_inputs())
+    w = torch.softmax(torch.tensor([0.9, 0.6, 0.3]) / 0.3, 0)
+    assert torch.allclose(estimate.rows[0], w[0] * OLD[0] + w[1] * OLD[1] + w[2] * OLD[2], atol=1e-6)
+    assert torch.allclose(estimate.rows[1], CANDIDATE_MEAN)  # no text -> no neighbours
+    assert estimate.paths == {"global": 1, "fallback-mean": 1}
+
+
+def test_global_threshold_drops_weak_neighbours() -> None:
+    estimate = get_method("global").fn(OLD, make_inputs(TransplantOptions(threshold=0.5)))
+    w = torch.softmax(torch.tensor([0.9, 0.6]) / 0.3, 0)
+    assert torch.allclose(estimate.rows[0], w[0] * OLD[0] + w[1] * OLD[1], atol=1e-6)
+
+
+def test_hybrid_mixes_local_and_global_by_the_global_weight() -> None:
+    inputs = make_inputs(TransplantOptions(global_weight=0.3))
+    local = get_method("local").fn(OLD, inputs).rows[0]
+    global_ = get_method("global").fn(OLD, inputs).rows[0]
+    estimate = get_method("hybrid").fn(OLD, inputs)
+    assert torch.allclose(estimate.rows[0], 0.7 * local + 0.3 * global_, atol=1e-6)
+    assert estimate.paths == {"hybrid": 1, "local-only": 0, "global-only": 0, "fallback-mean": 1}
+
+
+@pytest.mark.parametrize("share, expected", [(0.0, "local"), (1.0, "global")])
+def test_hybrid_extremes_equal_the_pure_methods(share: float, expected: str) -> None:
+    inputs = make_inputs(TransplantOptions(global_weight=share))
+    assert torch.allclose(
+        get_method("hybrid").fn(OLD, inputs).rows, get_method(expected).fn(OLD, inputs).rows, atol=1e-6
+    )
+
+
+def test_subword_mean_is_the_plain_mean_of_pieces() -> None:
+    estimate = get_method("subword-mean").fn(OLD, make_inputs())
+    assert torch.allclose(estimate.rows[0], (OLD[0] + OLD[1]) / 2)
+    assert torch.allclose(estimate.rows[1], CANDIDATE_MEAN)
+
+
+def test_mean_ignores_rows_that_are_not_real_tokens() -> None:
+    estimate = get_method("mean").fn(OLD, make_inputs())
+    assert torch.allclose(estimate.rows, CANDIDATE_MEAN.expand(2, -1))
+
+
+def test_random_has_the_old_mean_and_covariance_and_is_seeded() -> None:
+    torch.manual_seed(1)
+    old = torch.randn(2000, 3) @ torch.tensor([[2.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.3]]) + 5.0
+    many = MethodInputs(
+        new_ids=np.arange(20000),
+        old_candidates=torch.ones(2000, dtype=torch.bool),
+        new_byte_lengths=torch.ones(20000),
+        old_byte_lengths=torch.ones(2000),
+        options=TransplantOptions(seed=7),
+    )
+    rows = get_method("random").fn(old, many).rows
+    assert torch.allclose(rows.mean(0), old.mean(0), atol=0.05)
+    assert torch.allclose(torch.cov(rows.T), torch.cov(old.T), atol=0.1)
+    assert torch.equal(rows, get_method("random").fn(old, many).rows)
+
+
+def test_every_method_handles_matrices_of_any_width_and_keeps_rows_finite() -> None:
+    inputs = make_inputs()
+    bias = OLD[:, :1]  # a [V, 1] bias is estimated like any other matrix
+    for name, spec in METHODS.items():
+        rows = spec.fn(bias, inputs).rows
+        assert rows.shape == (2, 1), name
+        assert torch.isfinite(rows).all(), name
+
+
+def test_masked_softmax_rows_without_candidates_are_zero() -> None:
+    weights = masked_softmax(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[True, False], [False, False]]))
+    assert torch.equal(weights, torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_top_k_neighbors_equals_brute_force_and_respects_the_mask() -> None:
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(50, 8, generator=generator), dim=1)
+    keys = torch.nn.functional.normalize(torch.randn(30, 8, generator=generator), dim=1)
+    mask = torch.ones(30, dtype=torch.bool)
+    mask[::3] = False
+    found = top_k_neighbors(queries, keys, mask, k=4, chunk_size=7)
+    sims = queries @ keys.T
+    sims[:, ~mask] = float("-inf")
+    expected = torch.topk(sims, 4, dim=1)
+    assert torch.equal(found.indices, expected.indices)
+    assert torch.allclose(found.similarities, expected.values)
+    assert mask[found.indices].all()
+
+
+def test_top_k_with_fewer_eligible_keys_than_k_marks_missing_slots() -> None:
+    keys = torch.eye(3)
+    found = top_k_neighbors(torch.eye(3), keys, torch.tensor([True, False, False]), k=2)
+    assert (found.indices[:, 0] == 0).all()
+    assert torch.isinf(found.similarities[:, 1]).all()

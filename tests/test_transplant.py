@@ -1,0 +1,163 @@
+"""The transplant pipeline end to end on tiny models: shared rows kept, tied/untied, reload, report, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tokenadapt.options import TransplantOptions
+from tokenadapt.transplant import REPORT_NAME, transplant
+from tokenadapt.vocab import Assignment, align_vocabularies, build_vocabulary
+
+
+def options(embedder: Path, **overrides: object) -> TransplantOptions:
+    return TransplantOptions(embedder=str(embedder), **overrides)  # type: ignore[arg-type]
+
+
+def weights_digest(out: Path) -> str:
+    return hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_transplant_keeps_shared_rows_and_reloads(
+    tmp_path: Path,
+    tied_model_dir: Path,
+    untied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+    tied: bool,
+) -> None:
+    model_dir = tied_model_dir if tied else untied_model_dir
+    out = tmp_path / "out"
+    result = transplant(model_dir, new_tokenizer_dir, out, options(tiny_embedder_dir))
+
+    old_model = AutoModelForCausalLM.from_pretrained(model_dir)
+    new_model = AutoModelForCausalLM.from_pretrained(out)
+    old_tok, new_tok = AutoTokenizer.from_pretrained(model_dir), AutoTokenizer.from_pretrained(out)
+    assert new_model.get_input_embeddings().weight.shape[0] == len(new_tok)
+    assert new_model.config.vocab_size == len(new_tok)
+
+    old_vocab, new_vocab = build_vocabulary(old_tok), build_vocabulary(new_tok)
+    alignment = align_vocabularies(old_vocab, new_vocab, len(old_tok))
+    copied = alignment.copied_ids
+    assert len(copied) > 100
+    old_in, new_in = old_model.get_input_embeddings().weight, new_model.get_input_embeddings().weight
+    assert torch.equal(new_in[copied], old_in[alignment.source[copied]])
+    if tied:
+        assert new_model.get_output_embeddings().weight.data_ptr() == new_in.data_ptr()
+        with safe_open(str(out / "model.safetensors"), "pt") as f:  # stored once
+            assert sum("embed_tokens" in k or "lm_head" in k for k in f.keys()) == 1  # noqa: SIM118
+    else:
+        old_out, new_out = old_model.get_output_embeddings().weight, new_model.get_output_embeddings().weight
+        assert new_out.data_ptr() != new_in.data_ptr()
+        assert torch.equal(new_out[copied], old_out[alignment.source[copied]])
+        estimated = alignment.estimated_ids
+        assert not torch.allclose(new_out[estimated], new_in[estimated])  # the head got its own estimate
+        assert set(result.method_paths) == {"input", "output"}
+
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["counts"] == alignment.counts()
+    assert report["counts"]["canonical"] > 0  # Ġ vs ▁ spellings matched by bytes
+    assert report["options"]["top_k"] == 3 and report["method"] == "hybrid"
+    assert report["verification"]["passed"]
+    assert {"tokenadapt", "torch", "transformers"} <= set(report["versions"])
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "library_name: transformers" in card
+    # the new tokenizer's special ids are what config and generation config now say
+    assert new_model.config.eos_token_id == new_tok.eos_token_id
+    assert new_model.generation_config.eos_token_id == new_tok.eos_token_id
+    assert not list(tmp_path.glob(".out.*"))  # no temporary leftovers
+
+
+def test_estimated_rows_follow_the_method(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    mean_out = tmp_path / "mean"
+    transplant(tied_model_dir, new_tokenizer_dir, mean_out, options(tiny_embedder_dir, method="mean"))
+    model = AutoModelForCausalLM.from_pretrained(mean_out)
+    old = AutoModelForCausalLM.from_pretrained(tied_model_dir).get_input_embeddings().weight
+    tok = AutoTokenizer.from_pretrained(mean_out)
+    old_vocab = build_vocabulary(AutoTokenizer.from_pretrained(tied_model_dir))
+    alignment = align_vocabularies(old_vocab, build_vocabulary(tok), old.shape[0])
+    real = [i for i in range(old.shape[0]) if old_vocab.canonical[i]]
+    estimated = alignment.estimated_ids
+    assert torch.allclose(
+        model.get_input_embeddings().weight[estimated],
+        old[real].mean(0).expand(len(estimated), -1),
+        atol=1e-6,
+    )
+
+
+def test_same_inputs_give_byte_identical_weights(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    for name in ("a", "b"):
+        transplant(tied_model_dir, new_tokenizer_dir, tmp_path / name, options(tiny_embedder_dir))
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
+    for name in ("ra", "rb"):
+        transplant(
+            tied_model_dir,
+            new_tokenizer_dir,
+            tmp_path / name,
+            options(tiny_embedder_dir, method="random", seed=3),
+        )
+    assert weights_digest(tmp_path / "ra") == weights_digest(tmp_path / "rb")
+
+
+def test_special_tokens_inherit_rows_by_role(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    result = transplant(tied_model_dir, new_tokenizer_dir, out, options(tiny_embedder_dir, method="mean"))
+    old = AutoModelForCausalLM.from_pretrained(tied_model_dir).get_input_embeddings().weight
+    new = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight
+    old_tok, new_tok = AutoTokenizer.from_pretrained(tied_model_dir), AutoTokenizer.from_pretrained(out)
+    # new </s> (eos) and <s> (bos, no old bos: falls back to the end-of-text separator) copy old <|endoftext|>
+    endoftext = old[old_tok.convert_tokens_to_ids("<|endoftext|>")]
+    assert torch.equal(new[new_tok.eos_token_id], endoftext)
+    assert torch.equal(new[new_tok.bos_token_id], endoftext)
+    assert {s["new_token"]: s["how"] for s in result.specials}["<s>"] == "eos"
+
+
+def test_padding_rows_are_added_and_never_break_reload(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    result = transplant(tied_model_dir, new_tokenizer_dir, out, options(tiny_embedder_dir, pad_to_multiple_of=64))
+    rows = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and rows >= result.tokenizer["size"] and rows == result.model["rows"]
+
+
+def test_chat_template_is_carried_only_when_its_tokens_exist(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    config_path = tied_model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = template
+    config_path.write_text(json.dumps(config))
+    (tied_model_dir / "chat_template.jinja").write_text(template)
+    result = transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "a", options(tiny_embedder_dir, method="mean"))
+    assert result.chat_template == {"status": "dropped", "missing": ["<|im_end|>", "<|im_start|>"]}
+    assert not AutoTokenizer.from_pretrained(tmp_path / "a").chat_template
+    # onto its own tokenizer every token exists: carried
+    result = transplant(tied_model_dir, tied_model_dir, tmp_path / "b", options(tiny_embedder_dir, method="mean"))
+    assert result.chat_template["status"] == "carried"
+    assert AutoTokenizer.from_pretrained(tmp_path / "b").chat_template == template
+
+
+def test_transplant_onto_its_own_tokenizer_is_lossless(
+    tmp_path: Path, tied_model_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    out = tmp_path / "same"
+    result = transplant(tied_model_dir, tied_model_dir, out, options(tiny_embedder_dir))
+    assert result.counts[Assignment.ESTIMATED.label] == 0
+    old = AutoModelForCausalLM.from_pretrained(tied_model_dir).get_input_embeddings().weight
+    new = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight
+    assert torch.equal(old, new)
