@@ -101,6 +101,7 @@ def run_demo(method: str, progress: bool) -> str:
     from tokenadapt.zoo.cache import cache_path
 
     out = cache_path("demo", f"{DEMO_MODEL}-{DEMO_TOKENIZER}-{method}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     options = TransplantOptions(method=method, overwrite=True)
     command = f"tokenadapt transplant {DEMO_MODEL} {DEMO_TOKENIZER} {out} --method {method}"
     result = transplant(DEMO_MODEL, DEMO_TOKENIZER, out, options, progress, command)

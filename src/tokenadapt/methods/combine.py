@@ -16,20 +16,24 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return torch.nan_to_num(weights, nan=0.0) * mask
 
 
-def combine_rows(
-    old: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, chunk_size: int = 8192
-) -> torch.Tensor:
+def combine_rows(old: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """rows[u] = sum_j weights[u, j] * old[indices[u, j]]: [V, d], [U, L], [U, L] -> [U, d] (float32).
 
-    Chunked so that the gathered [chunk, L, d] block stays small for large vocabularies.
+    Done as one sparse [U, V] x dense [V, d] product over the non-zero weights, so the cost is O(nnz * d) whatever
+    the longest decomposition L is (a dense gather would build a [U, L, d] block).
+
+    >>> combine_rows(torch.eye(3), torch.tensor([[0, 2]]), torch.tensor([[0.25, 0.75]]))
+    tensor([[0.2500, 0.0000, 0.7500]])
     """
-    out = torch.zeros((indices.shape[0], old.shape[1]), dtype=torch.float32)
-    for start in range(0, indices.shape[0], chunk_size):
-        idx = indices[start : start + chunk_size]
-        w = weights[start : start + chunk_size].to(torch.float32)
-        gathered = old[idx].to(torch.float32)  # [c, L, d]
-        out[start : start + chunk_size] = torch.bmm(w.unsqueeze(1), gathered).squeeze(1)
-    return out
+    keep = weights != 0
+    rows = torch.arange(indices.shape[0]).unsqueeze(1).expand_as(indices)[keep]
+    matrix = torch.sparse_coo_tensor(
+        torch.stack([rows, indices[keep]]),
+        weights[keep].to(torch.float32),
+        size=(indices.shape[0], old.shape[0]),
+        check_invariants=False,
+    )
+    return torch.sparse.mm(matrix, old.to(torch.float32))
 
 
 def candidate_mean(old: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
