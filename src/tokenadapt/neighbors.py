@@ -26,18 +26,43 @@ def top_k_neighbors(
 ) -> Neighbors:
     """Exact top-k over the keys where `key_mask` is True; inputs are L2-normalised [U, a] and [V, a].
 
-    Fewer than k eligible keys: the missing slots get similarity -inf (callers mask them out).
+    Identical vectors are searched once: an uncased embedder gives " The", "the" and "THE" one vector, which cuts
+    a vocabulary search by a third or more. Identical queries get identical answers; a key shared by several ids
+    expands back into those ids (lowest id first), so the result equals a brute-force search up to the order of
+    equal similarities. Fewer than k eligible keys: the missing slots get similarity -inf (callers mask them out).
     """
     eligible = key_mask.nonzero().squeeze(1)
-    pool = keys[eligible]
-    k_eff = min(k, int(eligible.numel()))
     indices = torch.zeros((queries.shape[0], k), dtype=torch.long)
     sims = torch.full((queries.shape[0], k), float("-inf"))
-    if k_eff == 0:
+    if eligible.numel() == 0 or queries.shape[0] == 0:
         return Neighbors(indices, sims)
-    for start in range(0, queries.shape[0], chunk_size):
-        block = queries[start : start + chunk_size] @ pool.T
-        top = torch.topk(block, k_eff, dim=1)
-        indices[start : start + chunk_size, :k_eff] = eligible[top.indices]
-        sims[start : start + chunk_size, :k_eff] = top.values
-    return Neighbors(indices, sims)
+    pool, key_inverse = torch.unique(keys[eligible], dim=0, return_inverse=True)
+    members = _first_members(key_inverse, eligible, pool.shape[0], k)  # [P, k] ids, -1 padded
+    unique_queries, query_inverse = torch.unique(queries, dim=0, return_inverse=True)
+    k_pool = min(k, pool.shape[0])
+    found_ids = torch.full((unique_queries.shape[0], k), -1, dtype=torch.long)
+    found_sims = torch.full((unique_queries.shape[0], k), float("-inf"))
+    for start in range(0, unique_queries.shape[0], chunk_size):
+        top = torch.topk(unique_queries[start : start + chunk_size] @ pool.T, k_pool, dim=1)
+        # expand each unique key into its ids; the flattened order is by similarity, then by id
+        candidate_ids = members[top.indices].flatten(1)  # [c, k_pool * k]
+        candidate_sims = top.values.unsqueeze(2).expand(-1, -1, k).flatten(1)
+        valid = candidate_ids >= 0
+        first_valid = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        chosen_valid = torch.gather(valid, 1, first_valid)
+        found_ids[start : start + chunk_size] = torch.gather(candidate_ids, 1, first_valid).masked_fill(~chosen_valid, 0)
+        found_sims[start : start + chunk_size] = torch.gather(candidate_sims, 1, first_valid).masked_fill(
+            ~chosen_valid, float("-inf")
+        )
+    return Neighbors(found_ids[query_inverse], found_sims[query_inverse])
+
+
+def _first_members(inverse: torch.Tensor, ids: torch.Tensor, groups: int, k: int) -> torch.Tensor:
+    """[groups, k]: for each group of `inverse`, its first k ids in ascending order, padded with -1."""
+    order = torch.sort(inverse, stable=True).indices  # ids are ascending, so members stay in id order
+    counts = torch.bincount(inverse, minlength=groups)
+    starts = torch.cumsum(counts, 0) - counts
+    offsets = torch.arange(k)
+    position = (starts[:, None] + offsets).clamp(max=ids.numel() - 1)
+    table = ids[order[position]]
+    return table.masked_fill(offsets >= counts[:, None], -1)

@@ -160,3 +160,21 @@ def test_top_k_with_fewer_eligible_keys_than_k_marks_missing_slots() -> None:
     found = top_k_neighbors(torch.eye(3), keys, torch.tensor([True, False, False]), k=2)
     assert (found.indices[:, 0] == 0).all()
     assert torch.isinf(found.similarities[:, 1]).all()
+
+
+def test_top_k_with_duplicate_keys_and_queries_equals_brute_force_similarities() -> None:
+    generator = torch.Generator().manual_seed(1)
+    base = torch.nn.functional.normalize(torch.randn(6, 4, generator=generator), dim=1)
+    keys = base[torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5, 0])]  # ids 1-2, 4-6 and 0-9 share vectors
+    queries = base[torch.tensor([1, 1, 3, 5])]
+    mask = torch.ones(10, dtype=torch.bool)
+    mask[5] = False
+    found = top_k_neighbors(queries, keys, mask, k=3)
+    brute = queries @ keys.T
+    brute[:, ~mask] = float("-inf")
+    expected = torch.topk(brute, 3, dim=1).values
+    assert torch.allclose(found.similarities, expected)
+    assert torch.allclose(brute.gather(1, found.indices), found.similarities)  # each id really has that similarity
+    assert all(len(set(row.tolist())) == 3 for row in found.indices)  # no id twice
+    assert mask[found.indices].all()
+    assert found.indices[2, :2].tolist() == [4, 6]  # both ids of the best key (5 is masked), lowest id first
