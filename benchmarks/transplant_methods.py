@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/transplant_methods.json"))
     args = parser.parse_args()
 
+    args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"model": args.model, "eval": EVAL.__dict__, "texts": args.texts, "cells": []}
     original = score_model(args.model, args.texts)
     results["original"] = original

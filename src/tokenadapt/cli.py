@@ -134,10 +134,21 @@ def render_list() -> str:
     )
 
 
+def silence_library_progress() -> None:
+    """--quiet also silences the progress bars transformers and the Hub client draw while loading and saving."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.quiet:
+        silence_library_progress()
     try:
         return run(args, argv)
     except TokenAdaptError as error:

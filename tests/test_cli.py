@@ -1,0 +1,156 @@
+"""The CLI: thin over the library; every user error is one clear paragraph, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tokenadapt.checkpoint import read_embeddings
+from tokenadapt.cli import build_parser, main
+from tokenadapt.errors import InputError
+from tokenadapt.options import TransplantOptions
+
+
+def tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what fixtures printed
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_flags_and_defaults_come_from_the_options_object() -> None:
+    args = build_parser().parse_args(["transplant", "m", "t", "out"])
+    for name, value in TransplantOptions().to_dict().items():
+        assert getattr(args, name) == value
+    args = build_parser().parse_args(["transplant", "m", "t", "out", "--top-k", "5", "--no-verify"])
+    assert args.top_k == 5 and args.verify is False
+
+
+def test_transplant_via_cli_writes_a_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(
+        capsys, "-q", "transplant", str(tied_model_dir), str(new_tokenizer_dir), str(out), "--embedder", str(tiny_embedder_dir)
+    )
+    assert code == 0
+    assert "| estimated |" in stdout
+    assert (out / "transplant_report.json").exists()
+    assert f"transplant {tied_model_dir}" in (out / "README.md").read_text()  # the exact command is recorded
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing-model", "does not exist"),
+        ("bad-tokenizer", "tokenizer"),
+        ("existing-out", "--overwrite"),
+        ("out-is-input", "input"),
+        ("bad-option", "--temperature"),
+        ("unknown-method", "must be one of hybrid, local"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_nothing_is_touched(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+    case: str,
+    expected: str,
+) -> None:
+    out = tmp_path / "out"
+    model, tokenizer, extra = str(tied_model_dir), str(new_tokenizer_dir), ["--embedder", str(tiny_embedder_dir)]
+    if case == "missing-model":
+        model = str(tmp_path / "no-such-model")
+    elif case == "bad-tokenizer":
+        broken = tmp_path / "tokenizer.json"
+        broken.write_text('{"model": {"type": "BPE", "vocab": {"a": 0}')  # truncated JSON
+        tokenizer = str(broken)
+    elif case == "existing-out":
+        out.mkdir()
+        (out / "mine.txt").write_text("keep me")
+    elif case == "out-is-input":
+        out = tied_model_dir
+    elif case == "bad-option":
+        extra += ["--temperature", "0"]
+    elif case == "unknown-method":
+        extra += ["--method", "magic"]
+    before = tree_digest(tied_model_dir)
+    code, stdout, stderr = run_cli(capsys, "-q", "transplant", model, tokenizer, str(out), *extra)
+    assert code == 2
+    assert stderr.startswith("error: ") and expected in stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert tree_digest(tied_model_dir) == before
+    if case == "existing-out":
+        assert (out / "mine.txt").read_text() == "keep me"
+    else:
+        assert not out.exists() or out == tied_model_dir
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_a_failure_during_writing_leaves_no_output(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+) -> None:
+    import tokenadapt.transplant as pipeline
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_json", full_disk)
+    code, _, stderr = run_cli(
+        capsys, "-q", "transplant", str(tied_model_dir), str(new_tokenizer_dir), str(tmp_path / "out"),
+        "--embedder", str(tiny_embedder_dir),
+    )  # fmt: skip
+    assert code == 2 and "disk" in stderr and "full" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new-tokenizer", "tied-model"]
+
+
+def test_a_model_without_input_embeddings_is_a_clear_error() -> None:
+    class NoEmbeddings(torch.nn.Module):
+        def get_input_embeddings(self) -> None:
+            raise NotImplementedError
+
+    with pytest.raises(InputError, match="no input embedding"):
+        read_embeddings(NoEmbeddings())
+
+
+def test_unknown_text_name_lists_the_built_in_texts(capsys: pytest.CaptureFixture[str], tied_model_dir: Path) -> None:
+    code, _, stderr = run_cli(capsys, "-q", "eval", str(tied_model_dir), "--text", "wiki-klingon")
+    assert code == 2 and "wiki-en" in stderr and "Traceback" not in stderr
+
+
+def test_list_works_offline_and_names_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run_cli(capsys, "list")
+    assert code == 0
+    for name in ("smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m", "llama3", "mistral-v3", "minilm", "wiki-en", "hybrid"):
+        assert name in stdout
+
+
+def test_errors_from_a_real_process_have_no_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "TOKENADAPT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenadapt", "transplant", str(tmp_path / "nope"), "llama3", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
