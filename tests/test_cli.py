@@ -40,11 +40,22 @@ def test_flags_and_defaults_come_from_the_options_object() -> None:
 
 
 def test_transplant_via_cli_writes_a_model(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
 ) -> None:
     out = tmp_path / "out"
     code, stdout, _ = run_cli(
-        capsys, "-q", "transplant", str(tied_model_dir), str(new_tokenizer_dir), str(out), "--embedder", str(tiny_embedder_dir)
+        capsys,
+        "-q",
+        "transplant",
+        str(tied_model_dir),
+        str(new_tokenizer_dir),
+        str(out),
+        "--embedder",
+        str(tiny_embedder_dir),
     )
     assert code == 0
     assert "| estimated |" in stdout
@@ -141,7 +152,16 @@ def test_unknown_text_name_lists_the_built_in_texts(capsys: pytest.CaptureFixtur
 def test_list_works_offline_and_names_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, _ = run_cli(capsys, "list")
     assert code == 0
-    for name in ("smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m", "llama3", "mistral-v3", "minilm", "wiki-en", "hybrid"):
+    for name in (
+        "smollm2-135m",
+        "qwen2.5-coder-0.5b",
+        "gemma3-270m",
+        "llama3",
+        "mistral-v3",
+        "minilm",
+        "wiki-en",
+        "hybrid",
+    ):
         assert name in stdout
 
 

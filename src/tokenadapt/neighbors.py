@@ -50,7 +50,9 @@ def top_k_neighbors(
         valid = candidate_ids >= 0
         first_valid = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :k]
         chosen_valid = torch.gather(valid, 1, first_valid)
-        found_ids[start : start + chunk_size] = torch.gather(candidate_ids, 1, first_valid).masked_fill(~chosen_valid, 0)
+        found_ids[start : start + chunk_size] = torch.gather(candidate_ids, 1, first_valid).masked_fill(
+            ~chosen_valid, 0
+        )
         found_sims[start : start + chunk_size] = torch.gather(candidate_sims, 1, first_valid).masked_fill(
             ~chosen_valid, float("-inf")
         )

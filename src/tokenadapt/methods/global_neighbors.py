@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from tokenadapt.methods.base import Estimate, MethodInputs, MethodSpec
-from tokenadapt.methods.combine import candidate_mean, combine_rows, fill_missing, masked_softmax
+from tokenadapt.methods.combine import masked_softmax, sparse_estimate
 
 
 def global_weights(inputs: MethodInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -28,10 +28,7 @@ def global_weights(inputs: MethodInputs) -> tuple[torch.Tensor, torch.Tensor, to
 
 def estimate_global(old: torch.Tensor, inputs: MethodInputs) -> Estimate:
     indices, weights, found = global_weights(inputs)
-    rows = combine_rows(old, indices, weights)
-    rows = fill_missing(rows, ~found, candidate_mean(old, inputs.old_candidates))
-    found_count = int(found.sum())
-    return Estimate(rows, {"global": found_count, "fallback-mean": inputs.count - found_count})
+    return sparse_estimate(old, inputs, indices, weights, found, "global")
 
 
 SPEC = MethodSpec(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from tokenadapt.methods.base import Estimate, MethodInputs, MethodSpec
-from tokenadapt.methods.combine import candidate_mean, combine_rows, fill_missing, masked_softmax
+from tokenadapt.methods.combine import masked_softmax, sparse_estimate
 
 
 def piece_cosines(inputs: MethodInputs, chunk_size: int = 8192) -> torch.Tensor:
@@ -48,10 +48,7 @@ def local_weights(inputs: MethodInputs) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def estimate_local(old: torch.Tensor, inputs: MethodInputs) -> Estimate:
     pieces, weights, spelled = local_weights(inputs)
-    rows = combine_rows(old, pieces, weights)
-    rows = fill_missing(rows, ~spelled, candidate_mean(old, inputs.old_candidates))
-    spelled_count = int(spelled.sum())
-    return Estimate(rows, {"local": spelled_count, "fallback-mean": inputs.count - spelled_count})
+    return sparse_estimate(old, inputs, pieces, weights, spelled, "local")
 
 
 SPEC = MethodSpec(

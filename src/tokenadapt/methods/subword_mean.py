@@ -8,18 +8,14 @@ from __future__ import annotations
 import torch
 
 from tokenadapt.methods.base import Estimate, MethodInputs, MethodSpec
-from tokenadapt.methods.combine import candidate_mean, combine_rows, fill_missing
+from tokenadapt.methods.combine import sparse_estimate
 
 
 def estimate_subword_mean(old: torch.Tensor, inputs: MethodInputs) -> Estimate:
     assert inputs.decomposition is not None
     mask = inputs.decomposition.mask
     weights = mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1)
-    rows = combine_rows(old, inputs.decomposition.pieces, weights)
-    spelled = mask.any(dim=1)
-    rows = fill_missing(rows, ~spelled, candidate_mean(old, inputs.old_candidates))
-    count = int(spelled.sum())
-    return Estimate(rows, {"subword-mean": count, "fallback-mean": inputs.count - count})
+    return sparse_estimate(old, inputs, inputs.decomposition.pieces, weights, mask.any(dim=1), "subword-mean")
 
 
 SPEC = MethodSpec(
