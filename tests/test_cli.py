@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -174,3 +175,37 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_passes_a_transplant_and_flags_a_broken_one(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+) -> None:
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "-q",
+                "transplant",
+                str(tied_model_dir),
+                str(new_tokenizer_dir),
+                str(out),
+                "--embedder",
+                str(tiny_embedder_dir),
+            ]
+        )
+        == 0
+    )
+    code, stdout, _ = run_cli(capsys, "-q", "verify", str(out))
+    assert code == 0 and "FAILED" not in stdout and "finite_loss" in stdout
+    # a config that lies about the eos id is caught
+    config = json.loads((out / "config.json").read_text())
+    config["eos_token_id"] = 3
+    (out / "config.json").write_text(json.dumps(config))
+    code, stdout, _ = run_cli(capsys, "-q", "verify", str(out))
+    assert code == 1 and "eos_id_matches | FAILED" in stdout
+    code, _, stderr = run_cli(capsys, "-q", "verify", str(tmp_path))
+    assert code == 2 and "no config.json" in stderr

@@ -115,8 +115,13 @@ def verify_model_dir(path: Path) -> Verification:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     result = Verification()
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto").eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a model directory (no config.json).", "Pass the OUT of a transplant.")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto").eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(f"Could not reload {path}: {error}", "Check that the directory is complete.") from error
     matrices = read_embeddings(model)
 
     def check(name: str, ok: bool, problem: str) -> None:

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     add_dataclass_flags(e, EvalOptions)
 
+    v = commands.add_parser(
+        "verify", help="reload a model directory and check it (shapes, special ids, ties, finite loss)"
+    )
+    v.add_argument("directory", type=Path)
+
     d = commands.add_parser("demo", help=f"transplant {DEMO_MODEL} onto {DEMO_TOKENIZER} and compare before/after")
     d.add_argument("--method", default=TransplantOptions.method, help="method to demonstrate")
     return parser
@@ -89,6 +94,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.json:
             args.json.write_text(json.dumps(scores.to_dict(), indent=2, default=str) + "\n")
         print(scores.to_markdown())
+    elif args.command == "verify":
+        from tokenadapt.checkpoint import verify_model_dir
+        from tokenadapt.report import markdown_table
+
+        verification = verify_model_dir(args.directory)
+        rows = [[name, "ok" if ok else "FAILED"] for name, ok in verification.checks.items()]
+        print(markdown_table(["check", "result"], rows) + f"\n\nloss on a short text: {verification.loss:.3f}")
+        for problem in verification.problems:
+            print(f"problem: {problem}")
+        return 0 if verification.passed else 1
     elif args.command == "demo":
         print(run_demo(args.method, progress))
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -115,3 +117,43 @@ def test_alignment_of_a_vocabulary_with_itself_copies_everything(byte_level_toke
     assert (alignment.source == range(vocab.size)).all()
     assert alignment.counts()["estimated"] == 0
     assert len(byte_to_unicode()) == 256
+
+
+def wordpiece_from_vocab(tokens: list[str]) -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(["[UNK]", *tokens])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.add_special_tokens(["[UNK]"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+words = st.lists(
+    st.text(alphabet=st.characters(whitelist_categories=("Ll", "Lu", "Lo", "Nd")), min_size=1, max_size=6),
+    min_size=1,
+    max_size=12,
+    unique=True,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(words)
+def test_the_same_words_match_by_bytes_in_every_family(vocabulary_words: list[str]) -> None:
+    """A word-initial and a word-internal form of each word, spelled per family, always match by bytes."""
+    to_gpt2 = byte_to_unicode()
+
+    def gpt2(text: str) -> str:
+        return "".join(to_gpt2[b] for b in text.encode())
+
+    byte_level = byte_level_from_vocab(
+        [gpt2(" " + w) for w in vocabulary_words] + [gpt2(w) for w in vocabulary_words], []
+    )
+    metaspace = metaspace_from_vocab(["▁" + w for w in vocabulary_words] + list(vocabulary_words), [])
+    wordpiece = wordpiece_from_vocab(list(vocabulary_words) + ["##" + w for w in vocabulary_words])
+    vocabularies = [build_vocabulary(t) for t in (byte_level, metaspace, wordpiece)]
+    for old in vocabularies:
+        for new in vocabularies:
+            alignment = align_vocabularies(old, new, old.size)
+            counts = alignment.counts()
+            assert counts["exact"] + counts["canonical"] == 2 * len(vocabulary_words)
+            for new_id in alignment.copied_ids:
+                assert old.canonical[alignment.source[new_id]] == new.canonical[new_id]
