@@ -161,3 +161,20 @@ def test_transplant_onto_its_own_tokenizer_is_lossless(
     old = AutoModelForCausalLM.from_pretrained(tied_model_dir).get_input_embeddings().weight
     new = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight
     assert torch.equal(old, new)
+
+
+def test_a_second_run_reuses_cached_embeddings_and_neighbours(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    from tokenadapt.zoo.cache import cache_path
+
+    transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "a", options(tiny_embedder_dir))
+    neighbour_files = sorted(cache_path("neighbors").glob("*.npy"))
+    assert len(neighbour_files) == 2
+    stamps = [p.stat().st_mtime_ns for p in neighbour_files]
+    transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "b", options(tiny_embedder_dir))
+    assert [p.stat().st_mtime_ns for p in neighbour_files] == stamps  # read, not rewritten
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
+    neighbour_files[0].write_bytes(b"garbage")  # a corrupt entry is recomputed, with the same result
+    transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "c", options(tiny_embedder_dir))
+    assert weights_digest(tmp_path / "c") == weights_digest(tmp_path / "a")

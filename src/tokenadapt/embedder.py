@@ -14,7 +14,6 @@ The global and local heuristics compare tokens by what their text means, through
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tokenadapt.errors import InputError
 from tokenadapt.vocab.canonical import Vocabulary
-from tokenadapt.zoo.cache import atomic_write_bytes, cache_path
+from tokenadapt.zoo.cache import cache_path, read_checked_array, write_checked_array
 
 
 @dataclass
@@ -110,6 +109,7 @@ class VocabularyEmbeddings:
 
     vectors: torch.Tensor
     ok: torch.Tensor  # [V] bool: the token has meaningful text (see Vocabulary.embedding_text)
+    key: str  # identifies (embedder, vocabulary texts): what was cached, and what depends on it
     from_cache: bool
     rebuilt_corrupt_cache: bool = False
 
@@ -126,35 +126,13 @@ def embed_vocabulary(
     path = cache_path("embeddings", embedder.name.replace("/", "--"), f"{key}.npy")
     corrupt = False
     if use_cache and path.exists():
-        loaded = _read_checked(path)
+        loaded = read_checked_array(path)
         if loaded is not None and loaded.shape[0] == vocab.size:
-            return VocabularyEmbeddings(torch.from_numpy(loaded), ok, from_cache=True)
+            return VocabularyEmbeddings(torch.from_numpy(loaded), ok, key, from_cache=True)
         corrupt = True
     present = [i for i, t in enumerate(texts) if t is not None]
     vectors = np.zeros((vocab.size, embedder.dimension), dtype=np.float32)
     vectors[present] = embedder.embed([texts[i] for i in present], progress=progress)  # type: ignore[misc]
     if use_cache:
-        _write_checked(path, vectors)
-    return VocabularyEmbeddings(torch.from_numpy(vectors), ok, from_cache=False, rebuilt_corrupt_cache=corrupt)
-
-
-def _write_checked(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    data = buffer.getvalue()
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
-
-
-def _read_checked(path: Path) -> np.ndarray | None:
-    """The cached array, or None if it is missing its checksum or does not match it."""
-    checksum = path.with_suffix(".sha256")
-    if not checksum.exists():
-        return None
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != checksum.read_text().strip():
-        return None
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError:
-        return None
+        write_checked_array(path, vectors)
+    return VocabularyEmbeddings(torch.from_numpy(vectors), ok, key, from_cache=False, rebuilt_corrupt_cache=corrupt)

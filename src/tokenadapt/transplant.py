@@ -11,12 +11,14 @@ Tokens both vocabularies share keep their rows; special tokens inherit by role; 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tokenadapt.checkpoint import (
@@ -31,7 +33,7 @@ from tokenadapt.embedder import AuxEmbedder, embed_vocabulary
 from tokenadapt.methods import get_method
 from tokenadapt.methods.base import MethodInputs, MethodSpec
 from tokenadapt.methods.combine import candidate_mean
-from tokenadapt.neighbors import top_k_neighbors
+from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, versions, write_json
@@ -46,6 +48,7 @@ from tokenadapt.vocab import (
 )
 from tokenadapt.vocab.decompose import decompose
 from tokenadapt.zoo import resolve_embedder, resolve_model
+from tokenadapt.zoo.cache import cache_path, read_checked_array, write_checked_array
 
 log = logging.getLogger("tokenadapt")
 REPORT_NAME = "transplant_report.json"
@@ -241,8 +244,9 @@ def _method_inputs(
         )
         if "neighbors" in spec.needs:
             with timings.stage("neighbors"):
-                fields["neighbors"] = top_k_neighbors(
-                    fields["aux_new"], aux_old, old_candidates & aux_old_ok, options.top_k
+                cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}"
+                fields["neighbors"] = cached_neighbors(
+                    fields["aux_new"], aux_old, old_candidates & aux_old_ok, options.top_k, cache_key, new_ids
                 )
     return MethodInputs(
         new_ids=new_ids,
@@ -252,6 +256,26 @@ def _method_inputs(
         options=options,
         **fields,
     )
+
+
+def cached_neighbors(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    eligible: torch.Tensor,
+    k: int,
+    cache_key: str,
+    query_ids: np.ndarray,
+) -> Neighbors:
+    """`top_k_neighbors`, cached on disk: a re-run with the same vocabularies, embedder and k skips the search."""
+    digest = hashlib.sha256(cache_key.encode() + query_ids.tobytes() + eligible.numpy().tobytes()).hexdigest()[:32]
+    ids_path, sims_path = (cache_path("neighbors", f"{digest}-{part}.npy") for part in ("ids", "sims"))
+    ids, sims = read_checked_array(ids_path), read_checked_array(sims_path)
+    if ids is not None and sims is not None and ids.shape == sims.shape == (queries.shape[0], k):
+        return Neighbors(indices=torch.from_numpy(ids), similarities=torch.from_numpy(sims))
+    found = top_k_neighbors(queries, keys, eligible, k)
+    write_checked_array(ids_path, found.indices.numpy())
+    write_checked_array(sims_path, found.similarities.numpy())
+    return found
 
 
 def assemble_matrix(

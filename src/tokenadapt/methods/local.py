@@ -21,19 +21,24 @@ from tokenadapt.methods.base import Estimate, MethodInputs, MethodSpec
 from tokenadapt.methods.combine import masked_softmax, sparse_estimate
 
 
-def piece_cosines(inputs: MethodInputs, chunk_size: int = 8192) -> torch.Tensor:
-    """[U, L] cosine between each new token and each of its pieces in auxiliary space (0 where undefined)."""
+def piece_cosines(inputs: MethodInputs, chunk_size: int = 1 << 16) -> torch.Tensor:
+    """[U, L] cosine between each new token and each of its pieces in auxiliary space (0 where undefined).
+
+    Computed over the real (token, piece) pairs only, in chunks, so padding to the longest decomposition costs
+    nothing.
+    """
     assert inputs.decomposition is not None and inputs.aux_new is not None and inputs.aux_old is not None
     assert inputs.aux_new_ok is not None and inputs.aux_old_ok is not None
     pieces, mask = inputs.decomposition.pieces, inputs.decomposition.mask
-    cos = torch.zeros(pieces.shape, dtype=torch.float32)
-    for start in range(0, pieces.shape[0], chunk_size):
-        block = pieces[start : start + chunk_size]
-        gathered = inputs.aux_old[block]  # [c, L, a]
-        query = inputs.aux_new[start : start + chunk_size].unsqueeze(2)  # [c, a, 1]
-        cos[start : start + chunk_size] = torch.bmm(gathered, query).squeeze(2)
     defined = mask & inputs.aux_new_ok[:, None] & inputs.aux_old_ok[pieces]
-    return cos * defined
+    rows, slots = defined.nonzero(as_tuple=True)
+    values = torch.empty(rows.numel(), dtype=torch.float32)
+    for start in range(0, rows.numel(), chunk_size):
+        row, slot = rows[start : start + chunk_size], slots[start : start + chunk_size]
+        values[start : start + chunk_size] = (inputs.aux_new[row] * inputs.aux_old[pieces[row, slot]]).sum(dim=1)
+    cos = torch.zeros(pieces.shape, dtype=torch.float32)
+    cos[rows, slots] = values
+    return cos
 
 
 def local_weights(inputs: MethodInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

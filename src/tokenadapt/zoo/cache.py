@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 CACHE_ENV = "TOKENADAPT_CACHE"
 
@@ -84,3 +87,26 @@ def sha256_file(path: Path, chunk_size: int = 1 << 22) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_checked_array(path: Path, array: np.ndarray) -> None:
+    """Save an array as .npy with a sha256 sidecar, both atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+
+def read_checked_array(path: Path) -> np.ndarray | None:
+    """The cached array, or None if it is missing, has no checksum, or does not match it (then rebuild it)."""
+    checksum = path.with_suffix(".sha256")
+    if not path.exists() or not checksum.exists():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != checksum.read_text().strip():
+        return None
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError:
+        return None
