@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,12 @@ class Neighbors:
 
 
 def top_k_neighbors(
-    queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, k: int, chunk_size: int = 4096
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    key_mask: torch.Tensor,
+    k: int,
+    chunk_size: int = 4096,
+    progress: bool = False,
 ) -> Neighbors:
     """Exact top-k over the keys where `key_mask` is True; inputs are L2-normalised [U, a] and [V, a].
 
@@ -42,7 +48,8 @@ def top_k_neighbors(
     k_pool = min(k, pool.shape[0])
     found_ids = torch.full((unique_queries.shape[0], k), -1, dtype=torch.long)
     found_sims = torch.full((unique_queries.shape[0], k), float("-inf"))
-    for start in range(0, unique_queries.shape[0], chunk_size):
+    starts = range(0, unique_queries.shape[0], chunk_size)
+    for start in tqdm(starts, desc="neighbours", unit="chunk", disable=not progress):
         top = torch.topk(unique_queries[start : start + chunk_size] @ pool.T, k_pool, dim=1)
         # expand each unique key into its ids; the flattened order is by similarity, then by id
         candidate_ids = members[top.indices].flatten(1)  # [c, k_pool * k]

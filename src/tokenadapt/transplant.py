@@ -131,7 +131,9 @@ def transplant(
         old_vocab = build_vocabulary(old_tokenizer)
         new_vocab = build_vocabulary(new_tokenizer)
         alignment = align_vocabularies(old_vocab, new_vocab, matrices.rows, MatchMode(options.match))
+    log.info("aligned %d -> %d tokens: %s", old_vocab.size, new_vocab.size, alignment.counts())
     inputs = _method_inputs(spec, old_vocab, new_vocab, alignment, matrices, options, timings, progress)
+    log.info("estimating %d rows with %s", inputs.count, spec.name)
     with timings.stage("estimate"):
         rows = padded_rows(new_vocab.size, options.pad_to_multiple_of)
         new_input, input_paths = assemble_matrix(matrices.input, alignment, inputs, spec, old_vocab, rows)
@@ -184,10 +186,12 @@ def transplant(
         command=command,
     )
     with staged_output(out_path, [resolved_model.path, resolved_tokenizer.path], options.overwrite) as tmp:
+        log.info("saving to %s", tmp)
         with timings.stage("save"):
             lm.save_pretrained(str(tmp), safe_serialization=True)
             new_tokenizer.save_pretrained(str(tmp))
         if options.verify:
+            log.info("verifying the saved directory")
             with timings.stage("verify"):
                 verification = verify_model_dir(tmp)
                 result.verification = verification.to_dict()
@@ -246,7 +250,7 @@ def _method_inputs(
             with timings.stage("neighbors"):
                 cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}"
                 fields["neighbors"] = cached_neighbors(
-                    fields["aux_new"], aux_old, old_candidates & aux_old_ok, options.top_k, cache_key, new_ids
+                    fields["aux_new"], aux_old, old_candidates & aux_old_ok, options.top_k, cache_key, new_ids, progress
                 )
     return MethodInputs(
         new_ids=new_ids,
@@ -265,6 +269,7 @@ def cached_neighbors(
     k: int,
     cache_key: str,
     query_ids: np.ndarray,
+    progress: bool = False,
 ) -> Neighbors:
     """`top_k_neighbors`, cached on disk: a re-run with the same vocabularies, embedder and k skips the search."""
     digest = hashlib.sha256(cache_key.encode() + query_ids.tobytes() + eligible.numpy().tobytes()).hexdigest()[:32]
@@ -272,7 +277,7 @@ def cached_neighbors(
     ids, sims = read_checked_array(ids_path), read_checked_array(sims_path)
     if ids is not None and sims is not None and ids.shape == sims.shape == (queries.shape[0], k):
         return Neighbors(indices=torch.from_numpy(ids), similarities=torch.from_numpy(sims))
-    found = top_k_neighbors(queries, keys, eligible, k)
+    found = top_k_neighbors(queries, keys, eligible, k, progress=progress)
     write_checked_array(ids_path, found.indices.numpy())
     write_checked_array(sims_path, found.similarities.numpy())
     return found
