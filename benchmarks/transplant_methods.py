@@ -77,7 +77,11 @@ def main() -> None:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every transplant")
     parser.add_argument("--work", type=Path, default=cache_path("bench-work"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/transplant_methods.json"))
+    parser.add_argument("--render", type=Path, help="only print the tables of an earlier run's JSON")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
 
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"model": args.model, "eval": EVAL.__dict__, "texts": args.texts, "cells": []}
