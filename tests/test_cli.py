@@ -71,6 +71,7 @@ def test_transplant_via_cli_writes_a_model(
         ("bad-tokenizer", "tokenizer"),
         ("existing-out", "--overwrite"),
         ("out-is-input", "input"),
+        ("out-is-embedder", "input"),
         ("bad-option", "--temperature"),
         ("unknown-method", "must be one of hybrid, local"),
     ],
@@ -97,20 +98,23 @@ def test_bad_input_is_one_clear_error_and_nothing_is_touched(
         (out / "mine.txt").write_text("keep me")
     elif case == "out-is-input":
         out = tied_model_dir
+    elif case == "out-is-embedder":
+        out, extra = tiny_embedder_dir, [*extra, "--overwrite"]
     elif case == "bad-option":
         extra += ["--temperature", "0"]
     elif case == "unknown-method":
         extra += ["--method", "magic"]
-    before = tree_digest(tied_model_dir)
+    before, embedder_before = tree_digest(tied_model_dir), tree_digest(tiny_embedder_dir)
     code, stdout, stderr = run_cli(capsys, "-q", "transplant", model, tokenizer, str(out), *extra)
     assert code == 2
     assert stderr.startswith("error: ") and expected in stderr
     assert "Traceback" not in stderr and stdout == ""
     assert tree_digest(tied_model_dir) == before
+    assert tree_digest(tiny_embedder_dir) == embedder_before
     if case == "existing-out":
         assert (out / "mine.txt").read_text() == "keep me"
     else:
-        assert not out.exists() or out == tied_model_dir
+        assert not out.exists() or out in (tied_model_dir, tiny_embedder_dir)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 

@@ -120,7 +120,11 @@ def transplant(
     with timings.stage("resolve"):
         resolved_model = resolve_model(str(model))
         resolved_tokenizer = resolve_tokenizer(str(tokenizer))
-        check_output_path(out_path, [resolved_model.path, resolved_tokenizer.path], options.overwrite)
+        # every local input is protected from OUT, the embedder directory included
+        protected = [resolved_model.path, resolved_tokenizer.path]
+        if Path(options.embedder).exists():
+            protected.append(Path(options.embedder))
+        check_output_path(out_path, protected, options.overwrite)
     with timings.stage("load"):
         log.info("loading %s", resolved_model.path)
         lm = load_causal_lm(resolved_model.path)
@@ -185,7 +189,7 @@ def transplant(
         warnings=warnings,
         command=command,
     )
-    with staged_output(out_path, [resolved_model.path, resolved_tokenizer.path], options.overwrite) as tmp:
+    with staged_output(out_path, protected, options.overwrite) as tmp:
         log.info("saving to %s", tmp)
         with timings.stage("save"):
             lm.save_pretrained(str(tmp), safe_serialization=True)
