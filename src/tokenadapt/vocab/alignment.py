@@ -59,10 +59,6 @@ class Alignment:
     source: np.ndarray  # int64 [V_new]
     specials: tuple[SpecialMatch, ...] = field(default=())
 
-    @property
-    def new_size(self) -> int:
-        return int(self.kinds.shape[0])
-
     def ids_of(self, *kinds: Assignment) -> np.ndarray:
         """New ids with any of the given kinds, ascending."""
         return np.flatnonzero(np.isin(self.kinds, [int(k) for k in kinds]))

@@ -26,16 +26,6 @@ class Decomposition:
     pieces: torch.Tensor
     mask: torch.Tensor
 
-    @property
-    def has_pieces(self) -> torch.Tensor:
-        """[U] bool: the token could be spelled with the old vocabulary."""
-        return self.mask.any(dim=1)
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """[U] number of pieces per token."""
-        return self.mask.sum(dim=1)
-
 
 def decompose(
     old: Vocabulary, new: Vocabulary, new_ids: np.ndarray, old_rows: int, progress: bool = False
