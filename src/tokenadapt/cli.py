@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenadapt.errors import TokenAdaptError
-from tokenadapt.options import EvalOptions, TransplantOptions
+from tokenadapt.options import EvalOptions, TrainTokenizerOptions, TransplantOptions
 
 DESCRIPTION = "Move a pretrained language model onto a new tokenizer, zero-shot, and measure what it costs."
 DEMO_MODEL, DEMO_TOKENIZER, DEMO_TEXTS = "smollm2-135m", "llama3", ("wiki-en",)
@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("directory", type=Path)
 
+    r = commands.add_parser("tokenizer-report", help="compression, speed and vocabulary use of tokenizers on texts")
+    r.add_argument("tokenizers", nargs="+", help="built-in names or tokenizer dirs/files")
+    r.add_argument("--text", action="append", help="built-in text name or local path (repeatable; default wiki-en)")
+    r.add_argument("--max-bytes", type=int, default=0, help="use only the first N bytes of each text (0 = all)")
+    r.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+
+    tt = commands.add_parser("train-tokenizer", help="learn a BPE, supertoken or SuperBPE tokenizer from text")
+    tt.add_argument("--text", action="append", required=True, help="built-in text name or local path (repeatable)")
+    tt.add_argument("--out", type=Path, required=True, help="output tokenizer directory")
+    add_dataclass_flags(tt, TrainTokenizerOptions)
+
     d = commands.add_parser("demo", help=f"transplant {DEMO_MODEL} onto {DEMO_TOKENIZER} and compare before/after")
     d.add_argument("--method", default=TransplantOptions.method, help="method to demonstrate")
     return parser
@@ -104,6 +115,20 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         for problem in verification.problems:
             print(f"problem: {problem}")
         return 0 if verification.passed else 1
+    elif args.command == "tokenizer-report":
+        from tokenadapt.evaluation.tokenizer_report import tokenizer_report
+        from tokenadapt.report import write_json
+
+        report = tokenizer_report(args.tokenizers, args.text or ["wiki-en"], args.max_bytes, progress)
+        if args.json:
+            write_json(args.json, report.to_dict())
+        print(report.to_markdown())
+    elif args.command == "train-tokenizer":
+        from tokenadapt.training import train_tokenizer
+
+        command = "tokenadapt " + shlex.join(argv)
+        trained = train_tokenizer(args.text, args.out, options_from(args, TrainTokenizerOptions), progress, command)
+        print(trained.to_markdown())
     elif args.command == "demo":
         print(run_demo(args.method, progress))
     return 0

@@ -77,3 +77,64 @@ class EvalOptions:
             if not ok:
                 raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
         return self
+
+
+@dataclass(frozen=True)
+class TrainTokenizerOptions:
+    """How to train a tokenizer. The supertoken defaults follow the TokenAdapt SuperTokenizer code."""
+
+    mode: str = _opt("bpe", "bpe (regex pre-tokenized control), supertoken (the paper's) or superbpe (two-stage)")
+    vocab_size: int = _opt(32000, "tokens in the vocabulary, special tokens included")
+    min_frequency: int = _opt(2, "a pair must occur this often to be merged")
+    max_token_length: int = _opt(30, "longest token in characters (supertoken mode; 0 = no limit)")
+    spans: str = _opt("words", "supertoken: cut training spans at whole words, or at 4-23 'chars' (the paper's)")
+    split: str = _opt("dev", "split of built-in texts to train on: dev (keeps test unseen for evaluation), test or all")
+    max_bytes: int = _opt(0, "train on at most this many UTF-8 bytes of text (0 = all of it)")
+    held_out: float = _opt(0.05, "share of the text's chunks held out to measure compression on unseen text")
+    transition: float = _opt(0.9, "superbpe: share of the vocabulary learned by ordinary BPE before stage 2")
+    max_words: int = _opt(3, "superbpe, and supertoken with --spans words: most words in one span")
+    seed: int = _opt(0, "random seed for the supertoken span cuts")
+    bos_token: str = _opt("<s>", "beginning-of-sequence token ('' for none)")
+    eos_token: str = _opt("</s>", "end-of-sequence token ('' for none)")
+    pad_token: str = _opt("<pad>", "padding token ('' for none)")
+    unk_token: str = _opt("<unk>", "unknown token ('' for none; byte-level tokenizers never emit it)")
+    overwrite: bool = _opt(False, "replace OUT if it exists")
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """Role -> spelling of each special token asked for, in id order (bos gets id 0)."""
+        roles = {"bos": self.bos_token, "eos": self.eos_token, "pad": self.pad_token, "unk": self.unk_token}
+        return {role: token for role, token in roles.items() if token}
+
+    def validated(self) -> TrainTokenizerOptions:
+        from tokenadapt.training.modes import mode_names
+
+        specials = list(self.special_tokens.values())
+        smallest = 256 + len(specials)
+        checks: list[tuple[bool, str]] = [
+            (self.mode in mode_names(), f"--mode must be one of {', '.join(mode_names())}"),
+            (
+                self.vocab_size > smallest,
+                f"--vocab-size must be more than the 256 bytes plus {len(specials)} special tokens ({smallest})",
+            ),
+            (self.min_frequency >= 1, "--min-frequency must be at least 1"),
+            (self.max_token_length >= 0, "--max-token-length must be 0 (no limit) or more"),
+            (self.split in ("dev", "test", "all"), "--split must be dev, test or all"),
+            (self.max_bytes >= 0, "--max-bytes must be 0 (no limit) or more"),
+            (self.spans in ("words", "chars"), "--spans must be words or chars"),
+            (0.0 <= self.held_out < 0.5, "--held-out must be at least 0 and below 0.5"),
+            (0.0 < self.transition < 1.0, "--transition must be between 0 and 1 (exclusive)"),
+            (
+                self.mode != "superbpe" or int(self.transition * self.vocab_size) > smallest,
+                f"--transition x --vocab-size must leave stage 1 more than {smallest} tokens",
+            ),
+            (self.max_words >= 1, "--max-words must be at least 1"),
+            (len(set(specials)) == len(specials), "the special tokens must be different from each other"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

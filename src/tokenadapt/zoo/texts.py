@@ -453,16 +453,16 @@ def _load_local(path: Path, name: str, split: str) -> TextCorpus:
             'Load it with split="test" or split="all", and pass a separate file or directory for tuning.',
         )
     if path.is_dir():
-        files = _local_files(path)
+        files = local_text_files(path)
         if not files:
             raise InputError(
                 f"{path} holds no {'/'.join('*' + s for s in LOCAL_SUFFIXES)} file.",
                 "Pass a directory that contains text files with those suffixes, or a single file.",
             )
-        pairs = [(f.relative_to(path).as_posix(), _read_utf8(f)) for f in files]
+        pairs = [(f.relative_to(path).as_posix(), read_utf8_file(f)) for f in files]
         pairs = [(i, t) for i, t in pairs if t.strip()]
     else:
-        pairs = [(f"{path.name}#{k}", t) for k, t in enumerate(split_form_feeds(_read_utf8(path)))]
+        pairs = [(f"{path.name}#{k}", t) for k, t in enumerate(split_form_feeds(read_utf8_file(path)))]
     if not pairs:
         raise InputError(f"{path} contains no text (empty or only whitespace).", "Pass a file with some text in it.")
     documents = tuple(t for _, t in pairs)
@@ -478,7 +478,7 @@ def _load_local(path: Path, name: str, split: str) -> TextCorpus:
     return TextCorpus(name, "all", documents, source, tuple(i for i, _ in pairs))
 
 
-def _local_files(root: Path) -> list[Path]:
+def local_text_files(root: Path) -> list[Path]:
     found: list[Path] = []
     try:
         for directory, dirnames, filenames in os.walk(root, onerror=_raise):
@@ -493,7 +493,7 @@ def _raise(error: OSError) -> None:
     raise error
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8_file(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as error:
