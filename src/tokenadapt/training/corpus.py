@@ -129,10 +129,10 @@ class TrainingText:
     def _chunks_of(self, spec: str | Path) -> Iterator[tuple[Chunk, dict[str, Any]]]:
         if isinstance(spec, str) and spec in BUILTIN_TEXTS:
             corpus = load_text(spec, self.split)
-            meta = {"origin": "builtin", "split": corpus.split, **_package_of(corpus.source)}
+            builtin: dict[str, Any] = {"origin": "builtin", "split": corpus.split, **_package_of(corpus.source)}
             for doc_id, document in zip(corpus.doc_ids, corpus.documents, strict=True):
                 for k, piece in enumerate(cut_document(document)):
-                    yield Chunk(f"{spec}/{doc_id}#{k}", piece), meta
+                    yield Chunk(f"{spec}/{doc_id}#{k}", piece), builtin
             return
         root = Path(spec).expanduser()
         files = local_text_files(root) if root.is_dir() else [root]
