@@ -91,7 +91,7 @@ def main() -> None:
     print(f"original {args.model}: evaluation throughput {throughput:.0f} tokens/s", flush=True)
     for target in args.targets:
         for method in args.methods:
-            out = args.work / f"{args.model}-{target}-{method}"
+            out = args.work / f"{args.model}-{Path(target).name}-{method}"
             runs = {}
             if method == "hybrid":
                 shutil.rmtree(cache_path("embeddings"), ignore_errors=True)

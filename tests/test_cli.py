@@ -213,3 +213,48 @@ def test_verify_passes_a_transplant_and_flags_a_broken_one(
     assert code == 1 and "eos_id_matches | FAILED" in stdout
     code, _, stderr = run_cli(capsys, "-q", "verify", str(tmp_path))
     assert code == 2 and "no config.json" in stderr
+
+
+def test_train_tokenizer_then_report_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("in the middle of the night, the cat sat on the mat.\n" * 200, encoding="utf-8")
+    out = tmp_path / "tok"
+    code, stdout, _ = run_cli(
+        capsys, "-q", "train-tokenizer", "--text", str(text), "--out", str(out), "--mode", "supertoken",
+        "--vocab-size", "400", "--held-out", "0",
+    )  # fmt: skip
+    assert code == 0 and "supertoken" in stdout
+    report = json.loads((out / "training_report.json").read_text())
+    assert report["command"].startswith("tokenadapt -q train-tokenizer --text")
+
+    code, stdout, _ = run_cli(
+        capsys, "-q", "tokenizer-report", str(out), "--text", str(text), "--json", str(tmp_path / "r.json")
+    )
+    assert code == 0 and "bytes/token" in stdout
+    stats = json.loads((tmp_path / "r.json").read_text())["stats"][0]
+    assert stats["round_trip"] and stats["bytes"] == len(text.read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--vocab-size", "10"], "--vocab-size must be more than"),
+        (["--mode", "wordpiece"], "--mode must be one of"),
+        (["--held-out", "0.9"], "--held-out"),
+    ],
+)
+def test_train_tokenizer_bad_options_are_one_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: list[str], message: str
+) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("hello world\n" * 10)
+    code, _, err = run_cli(capsys, "train-tokenizer", "--text", str(text), "--out", str(tmp_path / "tok"), *flags)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "tok").exists()
+
+
+def test_tokenizer_report_on_a_missing_tokenizer_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run_cli(capsys, "tokenizer-report", str(tmp_path / "nope"))
+    assert code == 2 and err.startswith("error: ")

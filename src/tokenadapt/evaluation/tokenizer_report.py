@@ -150,6 +150,19 @@ def text_stats(name: str, tokenizer: Any, corpus: TextCorpus) -> TokenizerStats:
     )
 
 
+def token_premium(stats: Sequence[TokenizerStats]) -> dict[str, dict[str, float]]:
+    """Per tokenizer, the tokens each `debref-LANG` text takes divided by the tokens `debref-en` takes.
+
+    Only tokenizers scored on debref-en and at least one other language appear.
+    """
+    premium: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(s.tokenizer for s in stats):
+        mine = {s.text: s.tokens for s in stats if s.tokenizer == name and s.text.startswith("debref-")}
+        if PREMIUM_REFERENCE in mine and len(mine) > 1:
+            premium[name] = {t.removeprefix("debref-"): n / mine[PREMIUM_REFERENCE] for t, n in mine.items()}
+    return premium
+
+
 def vocabulary_overlap(a: Any, b: Any) -> dict[str, int]:
     """Tokens two tokenizers share: by exact vocabulary string, and by the bytes they stand for."""
     from tokenadapt.vocab import build_vocabulary
@@ -185,15 +198,7 @@ def tokenizer_report(
         cells = list(itertools.product(zip(resolved, loaded, strict=True), corpora))
         for (res, tok), corpus in tqdm(cells, desc="Encoding", disable=not progress):
             stats.append(text_stats(res.name, tok, corpus))
-    premium: dict[str, dict[str, float]] = {}
-    for res in resolved:
-        mine = {s.text: s.tokens for s in stats if s.tokenizer == res.name}
-        if PREMIUM_REFERENCE in mine and len([t for t in mine if t.startswith("debref-")]) > 1:
-            premium[res.name] = {
-                t.removeprefix("debref-"): n / mine[PREMIUM_REFERENCE]
-                for t, n in mine.items()
-                if t.startswith("debref-")
-            }
+    premium = token_premium(stats)
     overlap = []
     with timings.stage("overlap"):
         for (ra, ta), (rb, tb) in itertools.combinations(zip(resolved, loaded, strict=True), 2):

@@ -89,6 +89,7 @@ class TrainingText:
         """
         self.sources = []
         seen = 0
+        has_text = False
         for spec in self.specs:
             digest = hashlib.sha256()
             counts = {"train_bytes": 0, "held_out_bytes": 0}
@@ -102,10 +103,11 @@ class TrainingText:
                 is_held_out = chunk.held_out < self.held_out
                 counts["held_out_bytes" if is_held_out else "train_bytes"] += len(data)
                 seen += 0 if is_held_out else len(data)
+                has_text = has_text or (not is_held_out and not chunk.text.isspace())
             self.sources.append({"text": str(spec), **origin, "sha256": digest.hexdigest(), **counts})
-        if sum(s["train_bytes"] for s in self.sources) == 0:
+        if not has_text:
             raise InputError(
-                "The training text is empty (or every chunk of it was held out).",
+                "The training text is empty or only whitespace (or every chunk of it was held out).",
                 "Pass more text, or a smaller --held-out share.",
             )
         return self.sources
