@@ -10,7 +10,7 @@ Scale (`--scale`): each mode trained at a 64k vocabulary on 50 MB of text (every
 the Python sources in this virtual environment up to the byte cap): wall time and peak RSS.
 
     python benchmarks/supertokens.py                        # compression table, 32k and 64k
-    python benchmarks/supertokens.py --scale                # 50 MB, 64k timing
+    python benchmarks/supertokens.py --no-compression --long-inputs --scale   # long inputs; 50 MB at 64k
     python benchmarks/supertokens.py --render benchmarks/results/supertokens.json
 """
 
@@ -82,6 +82,34 @@ def compression(vocabs: list[int], work: Path) -> dict[str, Any]:
     return results
 
 
+def long_inputs(work: Path, vocab: int) -> list[dict[str, Any]]:
+    """Encode speed of each trained mode on long inputs that a missing pre-tokenizer could make slow."""
+    import random
+
+    from tokenizers import Tokenizer
+
+    rng = random.Random(0)
+    cases = {
+        "1 MB of one character": "a" * 1_000_000,
+        "1 MB of digits": "".join(rng.choice("0123456789") for _ in range(1_000_000)),
+        "1 MB of spaces": " " * 1_000_000,
+        "1 MB of words on one line": " ".join(rng.choice(["the", "cat", "sat", "on", "mat"]) for _ in range(250_000)),
+    }
+    rows = []
+    for label, _ in MODES:
+        tokenizer = Tokenizer.from_file(
+            str(work / f"{vocab}-{label.split()[0]}{'-chars' if 'chars' in label else ''}" / "tokenizer.json")
+        )
+        for case, text in cases.items():
+            start = time.perf_counter()
+            ids = tokenizer.encode(text, add_special_tokens=False).ids
+            seconds = time.perf_counter() - start
+            assert tokenizer.decode(ids, skip_special_tokens=False) == text
+            rows.append({"mode": label, "input": case, "mb_per_s": len(text) / 1e6 / seconds})
+            print(f"{label:26s} {case:28s} {rows[-1]['mb_per_s']:.2f} MB/s", flush=True)
+    return rows
+
+
 def held_out_file(work: Path, text: str) -> Path:
     """The dev split of a built-in text as a local file (one document per form-feed-separated part)."""
     from tokenadapt.zoo.texts import load_text
@@ -129,6 +157,9 @@ def render(results: dict[str, Any]) -> str:
             f"Trained on the {comp['train_split']} split of {', '.join(comp['train'])}; scored on their "
             f"{comp['eval_split']} split (unseen):\n\n" + markdown_table(headers, rows)
         )
+    if "long_inputs" in results:
+        rows = [[r["mode"], r["input"], f"{r['mb_per_s']:.2f}"] for r in results["long_inputs"]]
+        parts.append("Encode speed on long inputs (32k):\n\n" + markdown_table(["mode", "input", "MB/s"], rows))
     if "scale" in results:
         sc = results["scale"]
         rows = [
@@ -146,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocabs", nargs="+", type=int, default=[32000, 64000])
     parser.add_argument("--scale", action="store_true", help="also time 64k training on 50 MB")
+    parser.add_argument("--long-inputs", action="store_true", help="also time encoding pathological long inputs")
     parser.add_argument("--no-compression", action="store_true", help="skip the compression table")
     parser.add_argument("--work", type=Path, default=cache_path("bench-work", "supertokens"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/supertokens.json"))
@@ -158,6 +190,8 @@ def main() -> None:
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
     if not args.no_compression:
         results["compression"] = compression(args.vocabs, args.work)
+    if args.long_inputs:
+        results["long_inputs"] = long_inputs(args.work, min(args.vocabs))
     if args.scale:
         results["scale"] = scale(args.work)
     args.json.parent.mkdir(parents=True, exist_ok=True)
