@@ -88,3 +88,47 @@ def test_empty_text_and_mismatched_model_are_clear_errors(byte_level_tokenizer) 
     small = tiny_llama(10)
     with pytest.raises(InputError, match="do not belong together"):
         score_text(small, byte_level_tokenizer, TEXT)
+
+
+def hand_token_nll(model, ids: list[int]) -> list[float]:  # type: ignore[no-untyped-def]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    return [-float(log_probs[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+
+def test_per_document_perplexity_matches_a_hand_split(byte_level_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    documents = ["The cat sat on the mat.", "Der Hund schläft.", "日本語のテスト。"]
+    text = "\n\n".join(documents)
+    ends, offset = [], 0
+    for document in documents:
+        offset += len(document.encode())
+        ends.append(offset)
+        offset += 2
+    model = tiny_llama(len(byte_level_tokenizer))
+    ids, byte_ends = encode_with_byte_ends(byte_level_tokenizer, text)
+    token_nll = hand_token_nll(model, ids)  # token_nll[j] predicts ids[j + 1]
+    expected_nll = [0.0, 0.0, 0.0]
+    expected_tokens = [0, 0, 0]
+    for j, nll in enumerate(token_nll):
+        last_byte = int(byte_ends[j + 1]) - 1
+        doc = next((d for d, end in enumerate(ends) if last_byte < end), 2)  # a separator goes with the next
+        expected_nll[doc] += nll
+        expected_tokens[doc] += 1
+    score = score_text(
+        model, byte_level_tokenizer, text, EvalOptions(context=256, stride=255, bos="never"), document_ends=ends
+    )
+    assert list(score.document_tokens) == expected_tokens
+    assert score.document_nll == pytest.approx(expected_nll, rel=1e-5)
+    assert sum(score.document_nll) == pytest.approx(score.nll)
+    perplexities = [math.exp(n / t) for n, t in zip(expected_nll, expected_tokens, strict=True)]
+    assert score.mean_perplexity == pytest.approx(sum(perplexities) / 3, rel=1e-5)
+    assert score.median_perplexity == pytest.approx(sorted(perplexities)[1], rel=1e-5)
+    assert score.words == len(text.split()) and score.tokens_per_word == len(ids) / len(text.split())
+
+
+def test_one_document_by_default(byte_level_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_llama(len(byte_level_tokenizer))
+    score = score_text(model, byte_level_tokenizer, TEXT, EvalOptions(bos="never"))
+    assert score.document_tokens == (score.scored_tokens,)
+    assert score.mean_perplexity == pytest.approx(score.perplexity) == pytest.approx(score.median_perplexity)

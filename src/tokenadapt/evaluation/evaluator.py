@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tokenadapt.checkpoint import load_causal_lm
 from tokenadapt.evaluation.scoring import TextScore, score_text
 from tokenadapt.options import EvalOptions
@@ -19,6 +21,15 @@ from tokenadapt.report import Timings, markdown_table, peak_rss_mb, versions
 from tokenadapt.tokenizer_io import load_tokenizer
 from tokenadapt.zoo import resolve_model
 from tokenadapt.zoo.texts import TextCorpus, load_text
+
+RATIO_KEYS = (
+    "bits_per_byte",
+    "perplexity",
+    "mean_perplexity",
+    "median_perplexity",
+    "tokens_per_byte",
+    "tokens_per_word",
+)
 
 
 @dataclass
@@ -49,13 +60,13 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         for row, source in zip(data["rows"], self.rows, strict=True):
-            row["ratios"] = {k: source.ratio(k) for k in ("bits_per_byte", "perplexity", "tokens_per_byte")}
+            row["ratios"] = {k: source.ratio(k) for k in RATIO_KEYS}
         return data
 
     def to_markdown(self) -> str:
-        headers = ["text", "bytes", "bits/byte", "tokens/byte", "token PPL"]
+        headers = ["text", "bytes", "bits/byte", "tokens/byte", "tokens/word", "PPL", "mean doc PPL", "median doc PPL"]
         if self.reference:
-            headers += ["ref bits/byte", "ref tokens/byte", "bits/byte ratio", "tokens/byte ratio"]
+            headers += ["ref bits/byte", "ref tokens/byte", "bits/byte ratio", "tokens/byte ratio", "mean PPL ratio"]
         rows = []
         for row in self.rows:
             line: list[Any] = [
@@ -63,7 +74,10 @@ class EvalResult:
                 row.bytes,
                 row.model["bits_per_byte"],
                 row.model["tokens_per_byte"],
+                row.model["tokens_per_word"],
                 row.model["perplexity"],
+                row.model["mean_perplexity"],
+                row.model["median_perplexity"],
             ]
             if row.reference is not None:
                 line += [
@@ -71,6 +85,7 @@ class EvalResult:
                     row.reference["tokens_per_byte"],
                     f"{row.ratio('bits_per_byte'):.3f}x",
                     f"{row.ratio('tokens_per_byte'):.3f}x",
+                    f"{row.ratio('mean_perplexity'):.3f}x",
                 ]
             rows.append(line)
         title = f"## {self.model}" + (f" vs {self.reference}" if self.reference else "")
@@ -84,8 +99,12 @@ def load_scored_model(spec: str | Path) -> tuple[Any, Any]:
 
 
 def score_corpus(model: Any, tokenizer: Any, corpus: TextCorpus, options: EvalOptions, progress: bool) -> TextScore:
-    text = corpus.truncated(options.max_bytes).text if options.max_bytes else corpus.text
-    return score_text(model, tokenizer, text, options, progress=progress)
+    """Score a corpus (its first `options.max_bytes` bytes), with per-document perplexities."""
+    if options.max_bytes:
+        corpus = corpus.truncated(options.max_bytes)
+    sizes = np.array([len(d.encode("utf-8")) for d in corpus.documents], dtype=np.int64)
+    ends = np.cumsum(sizes + 2) - 2  # documents are joined with "\n\n"; a separator goes with the next document
+    return score_text(model, tokenizer, corpus.text, options, progress=progress, document_ends=ends.tolist())
 
 
 def evaluate(

@@ -16,6 +16,7 @@ prediction: it is not scored, and its bytes are not counted.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,11 @@ from tokenadapt.options import EvalOptions
 
 @dataclass(frozen=True)
 class TextScore:
-    """Scoring figures for one text: nll in nats over `scored_tokens` tokens that cover `scored_bytes` bytes."""
+    """Scoring figures for one text: nll in nats over `scored_tokens` tokens that cover `scored_bytes` bytes.
+
+    `document_nll[i]` / `document_tokens[i]`: the part of `nll` and `scored_tokens` falling in document i (a
+    token belongs to the document holding its last byte); `words` counts whitespace-separated words.
+    """
 
     nll: float
     scored_tokens: int
@@ -37,6 +42,29 @@ class TextScore:
     tokens: int
     bytes: int
     bos: bool
+    words: int = 0
+    document_nll: tuple[float, ...] = ()
+    document_tokens: tuple[int, ...] = ()
+
+    @property
+    def document_perplexities(self) -> list[float]:
+        """Token-level perplexity of each document that has a scored token."""
+        return [math.exp(n / t) for n, t in zip(self.document_nll, self.document_tokens, strict=True) if t]
+
+    @property
+    def mean_perplexity(self) -> float:
+        """Mean over documents of their token-level perplexity (the paper's tables report it)."""
+        values = self.document_perplexities
+        return float(np.mean(values)) if values else self.perplexity
+
+    @property
+    def median_perplexity(self) -> float:
+        values = self.document_perplexities
+        return float(np.median(values)) if values else self.perplexity
+
+    @property
+    def tokens_per_word(self) -> float:
+        return self.tokens / max(self.words, 1)
 
     @property
     def bits_per_byte(self) -> float:
@@ -55,12 +83,17 @@ class TextScore:
             "bits_per_byte": self.bits_per_byte,
             "perplexity": self.perplexity,
             "tokens_per_byte": self.tokens_per_byte,
+            "tokens_per_word": self.tokens_per_word,
+            "mean_perplexity": self.mean_perplexity,
+            "median_perplexity": self.median_perplexity,
+            "documents": len(self.document_tokens),
             "nll_nats": self.nll,
             "scored_tokens": self.scored_tokens,
             "scored_bytes": self.scored_bytes,
             "tokens": self.tokens,
             "bytes": self.bytes,
             "bos": self.bos,
+            "words": self.words,
         }
 
 
@@ -104,9 +137,18 @@ def windows(n_positions: int, first_scored: int, context: int, stride: int) -> l
 
 @torch.inference_mode()
 def score_text(
-    model: Any, tokenizer: Any, text: str, options: EvalOptions | None = None, progress: bool = False
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    options: EvalOptions | None = None,
+    progress: bool = False,
+    document_ends: Sequence[int] | None = None,
 ) -> TextScore:
-    """Score `text` with `model`; see the module docstring for the windowing and byte accounting."""
+    """Score `text` with `model`; see the module docstring for the windowing and byte accounting.
+
+    `document_ends` are the UTF-8 byte offsets where the documents joined in `text` end (default: one document);
+    each scored token's nll is credited to the document holding its last byte.
+    """
     options = (options or EvalOptions()).validated()
     if not text.strip():
         raise InputError("The text to score is empty.", "Pass a text with some content.")
@@ -124,12 +166,19 @@ def score_text(
             "The model and tokenizer do not belong together: pass the tokenizer saved with the model.",
         )
     spans = windows(sequence.numel(), first_scored, options.context, options.stride)
-    nll = 0.0
+    token_nll = np.zeros(sequence.numel(), dtype=np.float64)
     for start, end, first in tqdm(spans, desc="score", unit="win", disable=not progress):
         keep = end - first + 1  # logits for the positions that predict the scored targets (and one more)
         logits = _forward_logits(model, sequence[start:end].unsqueeze(0), keep)[0, -keep:-1]
         targets = sequence[first:end]
-        nll += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+        token_nll[first:end] = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").numpy()
+    nll = float(token_nll.sum())
+    # sequence position p holds text token p - bos; credit it to the document that holds its last byte
+    scored_ends = byte_ends[np.arange(first_scored, sequence.numel()) - int(bos)]
+    ends = np.asarray(document_ends if document_ends else [total_bytes], dtype=np.int64)
+    documents = np.searchsorted(ends, scored_ends - 1, side="right").clip(max=len(ends) - 1)
+    document_nll = np.bincount(documents, weights=token_nll[first_scored:], minlength=len(ends))
+    document_tokens = np.bincount(documents, minlength=len(ends))
     text_tokens_scored = len(ids) if bos else len(ids) - 1
     scored_bytes = total_bytes if bos else total_bytes - int(byte_ends[0])
     return TextScore(
@@ -139,6 +188,9 @@ def score_text(
         tokens=len(ids),
         bytes=total_bytes,
         bos=bos,
+        words=len(text.split()),
+        document_nll=tuple(float(x) for x in document_nll),
+        document_tokens=tuple(int(x) for x in document_tokens),
     )
 
 
