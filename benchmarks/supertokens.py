@@ -94,6 +94,7 @@ def long_inputs(work: Path, vocab: int) -> list[dict[str, Any]]:
         "1 MB of digits": "".join(rng.choice("0123456789") for _ in range(1_000_000)),
         "1 MB of spaces": " " * 1_000_000,
         "1 MB of words on one line": " ".join(rng.choice(["the", "cat", "sat", "on", "mat"]) for _ in range(250_000)),
+        "8 MB of words on one line": " ".join(rng.choice(["the", "cat", "sat", "on", "mat"]) for _ in range(2_000_000)),
     }
     rows = []
     for label, _ in MODES:

@@ -122,3 +122,10 @@ def test_options_refuse_a_vocabulary_smaller_than_the_bytes() -> None:
         dataclasses.replace(VARIANTS["superbpe"], vocab_size=300).validated()
     with pytest.raises(InputError, match="different"):
         TrainTokenizerOptions(eos_token="<s>").validated()
+
+
+def test_supertoken_inference_cuts_only_very_long_inputs(trained: dict[str, Tokenizer]) -> None:
+    pre = trained["supertoken"].pre_tokenizer
+    assert pre is not None
+    assert len(pre.pre_tokenize_str("the cat sat on the mat " * 100)) == 1
+    assert [len(p) for p, _ in pre.pre_tokenize_str("x" * 40000)] == [16384, 16384, 7232]
