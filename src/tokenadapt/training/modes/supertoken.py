@@ -2,7 +2,8 @@
 
 Training text is cut into random spans, BPE learns within each span, and at inference there is no
 pre-tokenization (beyond cutting inputs longer than 16k characters): a whole chunk of text is one BPE word, so
-frequent multi-word strings ("Ġof the", ", and") become single tokens. Runs of seven or more repeats of one character are dropped from training.
+frequent multi-word strings ("Ġof the", ", and") become single tokens. Runs of seven or more repeats of one
+character are dropped from training.
 
 How the spans are cut decides the gain (`--spans`):
 - `chars`, the paper's: lengths from the published 4-23 character distribution (mode 12-13), boundaries anywhere,
