@@ -19,53 +19,25 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from tokenadapt.evaluation.evaluator import load_scored_model, score_corpus
+from tokenadapt.bench import score_on_texts, transplant_in_subprocess
 from tokenadapt.methods import method_names
 from tokenadapt.options import EvalOptions
 from tokenadapt.report import markdown_table
 from tokenadapt.zoo.cache import cache_path
-from tokenadapt.zoo.texts import load_text
 
 TEXTS = ["wiki-en", "pydocs-en", "debref-de", "debref-ja", "code-py"]
 EVAL = EvalOptions(context=512, stride=512, bos="never", max_bytes=20000)
 
 
 def run_transplant(model: str, target: str, method: str, out: Path, extra: list[str]) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        "-m",
-        "tokenadapt",
-        "-q",
-        "transplant",
-        model,
-        target,
-        str(out),
-        "--method",
-        method,
-    ]
-    command += ["--overwrite", *extra]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    report = json.loads((out / "transplant_report.json").read_text())
-    return {"wall_s": round(wall, 1), "peak_rss_mb": report["peak_rss_mb"], "counts": report["counts"]}
+    return transplant_in_subprocess(model, target, method, out, extra)
 
 
 def score_model(spec: str | Path, texts: list[str]) -> dict[str, dict[str, float]]:
-    model, tokenizer = load_scored_model(spec)
-    scores = {}
-    for name in texts:
-        start = time.perf_counter()
-        score = score_corpus(model, tokenizer, load_text(name), EVAL, progress=False)
-        elapsed = time.perf_counter() - start
-        scores[name] = {**score.to_dict(), "tokens_per_s": score.tokens / elapsed}
-    return scores
+    return score_on_texts(spec, tuple(texts), EVAL)
 
 
 def main() -> None:

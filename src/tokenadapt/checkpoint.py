@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from tokenadapt.errors import InputError, TokenAdaptError
 
@@ -47,6 +48,17 @@ def load_causal_lm(path: Path) -> Any:
             f"Could not load a causal language model from {path}: {error}",
             "Pass a directory with config.json and weights of a model AutoModelForCausalLM supports, "
             "a .gguf file, or a built-in name (see `tokenadapt list`).",
+        ) from error
+    except SafetensorError as error:
+        raise InputError(
+            f"The weights in {path} cannot be read: {error}.",
+            "A weight file is truncated or corrupted (an interrupted download or copy): re-download the model.",
+        ) from error
+    except RuntimeError as error:  # transformers raises this for weights whose shapes the config contradicts
+        raise InputError(
+            f"The weights in {path} do not have the shapes its config.json declares ({error}).",
+            "Most often config.json's vocab_size differs from the embedding matrix's rows: set it to the number "
+            "of rows (see the size-mismatch report above) and run again.",
         ) from error
     return model.eval()
 
@@ -97,13 +109,20 @@ class Verification:
     checks: dict[str, bool] = field(default_factory=dict)
     loss: float | None = None
     problems: list[str] = field(default_factory=list)
+    kind: str = "reload"  # "reload" (full reload + scoring), "headers" (file headers only), "headers+reload"
 
     @property
     def passed(self) -> bool:
         return all(self.checks.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "checks": self.checks, "loss": self.loss, "problems": self.problems}
+        return {
+            "passed": self.passed,
+            "kind": self.kind,
+            "checks": self.checks,
+            "loss": self.loss,
+            "problems": self.problems,
+        }
 
 
 def verify_model_dir(path: Path) -> Verification:
@@ -120,8 +139,10 @@ def verify_model_dir(path: Path) -> Verification:
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto").eval()
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as error:
         raise InputError(f"Could not reload {path}: {error}", "Check that the directory is complete.") from error
+    except Exception as error:  # the tokenizers library raises bare Exceptions for files it cannot parse
+        raise InputError(f"Could not reload the tokenizer in {path}: {error}", "Re-save the tokenizer.") from error
     matrices = read_embeddings(model)
 
     def check(name: str, ok: bool, problem: str) -> None:
@@ -139,7 +160,7 @@ def verify_model_dir(path: Path) -> Verification:
         declared = getattr(tokenizer, f"{role}_token_id", None)
         check(
             f"{role}_id_matches",
-            _id_matches(configured, declared),
+            id_matches(configured, declared),
             f"config {role}_token_id={configured}, tokenizer says {declared}",
         )
     tie_config = bool(getattr(model.config, "tie_word_embeddings", False))
@@ -153,6 +174,8 @@ def verify_model_dir(path: Path) -> Verification:
     )
     check("finite_embeddings", finite, "embedding matrices contain NaN or infinite values")
     ids = tokenizer(VERIFY_TEXT, add_special_tokens=False, return_tensors="pt").input_ids
+    if ids.shape[1] < 2:  # a vocabulary that cannot spell the text (no loss on < 2 tokens): score some ids instead
+        ids = (torch.arange(16) % max(1, min(len(tokenizer), matrices.rows)))[None]
     with torch.inference_mode():
         loss = float(model(input_ids=ids, labels=ids).loss)
     result.loss = loss
@@ -160,7 +183,7 @@ def verify_model_dir(path: Path) -> Verification:
     return result
 
 
-def _id_matches(configured: Any, declared: Any) -> bool:
+def id_matches(configured: Any, declared: Any) -> bool:
     """Config ids may be a list (several eos ids): the tokenizer's id must be among them."""
     if isinstance(configured, list):
         return declared is None or declared in configured

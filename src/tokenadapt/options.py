@@ -12,6 +12,10 @@ from typing import Any
 
 from tokenadapt.errors import InputError
 
+FULL_VERIFY_MAX_GB = 2.0  # models up to this size are reloaded and scored by verification
+CHECKPOINT_IO = ("auto", "file-level", "in-memory")
+FALLBACKS = ("hybrid", "local", "global", "subword-mean", "mean")  # methods that need no text or donor
+
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -32,7 +36,50 @@ class TransplantOptions:
     seed: int = _opt(0, "random seed (used by the 'random' method)")
     embed_batch_size: int = _opt(512, "auxiliary-embedder batch size")
     overwrite: bool = _opt(False, "replace OUT if it exists")
-    verify: bool = _opt(True, "reload and check the output before moving it into place")
+    verify: bool = _opt(True, "check the output before moving it into place")
+    full_verify_max_gb: float = _opt(
+        FULL_VERIFY_MAX_GB, "verification also reloads the model and scores a short text up to this size (GB)"
+    )
+    checkpoint_io: str = _opt(
+        "auto",
+        "auto: rewrite only the embedding tensors of safetensors checkpoints of known architectures "
+        "(file-level), load anything else whole (in-memory); or force file-level / in-memory",
+    )
+    link_shards: bool = _opt(
+        False,
+        "file-level: hard-link unchanged shards into OUT instead of copying (fast, but a later in-place write to "
+        "OUT would change the input too)",
+    )
+    text: str = _opt(
+        "",
+        "align, focus: text to learn from: a built-in name (its dev split, so its test split stays unseen by "
+        "evaluation), a local file or directory; several joined by commas",
+    )
+    text_max_bytes: int = _opt(16_000_000, "align, focus: read at most this many UTF-8 bytes of --text (0 = all)")
+    align_smoothing: float = _opt(
+        1.0, "align: pseudo-count of the --fallback estimate mixed into each aligned token (0 = text counts only)"
+    )
+    focus_dim: int = _opt(100, "focus: dimension of the fastText token vectors trained on --text")
+    focus_epochs: int = _opt(5, "focus: fastText training epochs over --text")
+    focus_min_count: int = _opt(3, "focus: occurrences in --text a token needs to get a fastText vector")
+    donor: str = _opt(
+        "", "omp: a model that already uses the target tokenizer (built-in name, folder, .gguf or Hub id)"
+    )
+    omp_k: int = _opt(64, "omp: shared anchor tokens combined per new token")
+    omp_candidates: int = _opt(
+        128, "omp: anchors screened per token, most similar in donor space first (0 = all: exact, slow on CPU)"
+    )
+    omp_max_residual: float = _opt(
+        0.5, "omp-hybrid: OMP where its relative residual in donor space is at most this, hybrid elsewhere"
+    )
+    fallback: str = _opt(
+        "hybrid", "align, focus, omp: estimate for tokens they cannot place: hybrid, local, global, subword-mean, mean"
+    )
+    numbers: str = _opt(
+        "off",
+        "number tokens (digits, optional leading space): 'auto' mixes in a digit-based estimate (measured worse on "
+        "SmolLM2 -> Llama-3, see methods/numbers.py), 'off' leaves them to the method",
+    )
 
     def validated(self) -> TransplantOptions:
         """Self, after checking every value; raises InputError naming the bad option and its valid range."""
@@ -47,14 +94,46 @@ class TransplantOptions:
             (self.match in ("bytes", "string"), "--match must be 'bytes' or 'string'"),
             (self.pad_to_multiple_of >= 1, "--pad-to-multiple-of must be at least 1"),
             (self.embed_batch_size >= 1, "--embed-batch-size must be at least 1"),
+            (self.full_verify_max_gb >= 0, "--full-verify-max-gb must be 0 or more"),
+            (self.checkpoint_io in CHECKPOINT_IO, f"--checkpoint-io must be one of {', '.join(CHECKPOINT_IO)}"),
+            (self.text_max_bytes >= 0, "--text-max-bytes must be 0 (all) or more"),
+            (self.align_smoothing >= 0, "--align-smoothing must be 0 or more"),
+            (self.focus_dim >= 1 and self.focus_epochs >= 1, "--focus-dim and --focus-epochs must be at least 1"),
+            (self.focus_min_count >= 1, "--focus-min-count must be at least 1"),
+            (self.omp_k >= 1, "--omp-k must be at least 1"),
+            (self.omp_candidates == 0 or self.omp_candidates >= self.omp_k, "--omp-candidates must be 0 or >= --omp-k"),
+            (self.omp_max_residual >= 0, "--omp-max-residual must be 0 or more"),
+            (self.fallback in FALLBACKS, f"--fallback must be one of {', '.join(FALLBACKS)}"),
+            (self.numbers in ("auto", "off"), "--numbers must be 'auto' or 'off'"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
+        if self.method in ("align", "focus") and not self.text.strip():
+            raise InputError(
+                f"--method {self.method} learns from a text, and none was given.",
+                "Add --text NAME (a built-in text such as wiki-en, whose dev split is used) or --text PATH "
+                "(a UTF-8 file or directory), or choose another method.",
+            )
+        if self.method in ("omp", "omp-hybrid") and not self.donor.strip():
+            raise InputError(
+                f"--method {self.method} needs a donor model that already uses the target tokenizer.",
+                "Add --donor MODEL (e.g. --donor qwen2.5-coder-0.5b for the qwen2 tokenizer), "
+                "or choose another method.",
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How `tokenadapt verify` checks a model directory."""
+
+    full_verify_max_gb: float = _opt(
+        FULL_VERIFY_MAX_GB, "reload the model and score a short text up to this size (GB); header checks always run"
+    )
 
 
 @dataclass(frozen=True)
@@ -130,6 +209,40 @@ class TrainTokenizerOptions:
             ),
             (self.max_words >= 1, "--max-words must be at least 1"),
             (len(set(specials)) == len(specials), "the special tokens must be different from each other"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Which cells `tokenadapt bench` runs (an empty `methods` means every registered method)."""
+
+    models: tuple[str, ...] = _opt(("smollm2-135m",), "base models")
+    targets: tuple[str, ...] = _opt(("llama3", "qwen2", "gpt2", "mistral-v3"), "target tokenizers (names or paths)")
+    methods: tuple[str, ...] = _opt((), "methods (default: every registered method)")
+    texts: tuple[str, ...] = _opt(
+        ("wiki-en", "pydocs-en", "debref-en", "debref-de", "debref-ja", "code-py"), "texts to score on"
+    )
+    max_bytes: int = _opt(20000, "score the first N bytes of each text")
+    context: int = _opt(512, "tokens per scoring window (windows do not overlap; no bos)")
+    transplant_flags: str = _opt("", "extra flags for every transplant, e.g. '--top-k 5'")
+    work: str = _opt("", "where cells and scores are kept (default: the cache's bench/ folder)")
+
+    def validated(self) -> BenchOptions:
+        from tokenadapt.methods import method_names
+
+        unknown = [m for m in self.methods if m not in method_names()]
+        checks: list[tuple[bool, str]] = [
+            (not unknown, f"unknown --methods {', '.join(unknown)}; choose from {', '.join(method_names())}"),
+            (bool(self.models and self.targets and self.texts), "--models, --targets and --texts need a value each"),
+            (self.max_bytes > 0, "--max-bytes must be positive"),
+            (self.context >= 2, "--context must be at least 2"),
         ]
         for ok, message in checks:
             if not ok:

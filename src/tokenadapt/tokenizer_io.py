@@ -37,7 +37,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tokenadapt.errors import InputError
-from tokenadapt.vocab.canonical import byte_to_unicode
+from tokenadapt.vocab.canonical import byte_to_unicode, check_id_range
 from tokenadapt.zoo.artifacts import BUILTIN_MODELS, BUILTIN_TOKENIZERS, TokenizerFormat
 from tokenadapt.zoo.cache import atomic_directory, cache_path, locked, sha256_file
 from tokenadapt.zoo.fetch import PackagedFile, fetch_packaged_directory, fetch_packaged_file
@@ -355,12 +355,28 @@ def load_tokenizer(spec: str | Path | ResolvedTokenizer) -> PreTrainedTokenizerF
     """
     resolved = spec if isinstance(spec, ResolvedTokenizer) else resolve_tokenizer(spec)
     if resolved.format == "hf-dir":
-        return _load_folder(resolved.path)
+        folder_tokenizer = _load_folder(resolved.path)
+        check_vocabulary_ids(folder_tokenizer.backend_tokenizer, resolved.path)
+        return folder_tokenizer
     if resolved.format == "hf-json":
         tokenizer = _read_tokenizer_json(resolved.path)
+        check_vocabulary_ids(tokenizer, resolved.path)
         roles = _JSON_ROLES.get(resolved.family or "") or _guess_roles(tokenizer)
         return _wrap(tokenizer, roles)
     return _load_rebuilt(resolved)
+
+
+def check_vocabulary_ids(tokenizer: Tokenizer, source: Path) -> None:
+    """InputError for a vocabulary whose ids are absurdly sparse, before anything serialises it.
+
+    The tokenizers library allocates a slot for every id up to the highest when it serialises a vocabulary (a copy,
+    `to_str`, `save`), so a single token at id 4,000,000,000 would abort the process.
+    """
+    ids = set(tokenizer.get_vocab(with_added_tokens=True).values())
+    try:
+        check_id_range(len(ids), max(ids, default=-1) + 1)
+    except InputError as error:
+        raise InputError(f"{source}: {error.problem}", error.fix) from None
 
 
 def _load_folder(folder: Path) -> PreTrainedTokenizerFast:
@@ -370,6 +386,11 @@ def _load_folder(folder: Path) -> PreTrainedTokenizerFast:
         raise InputError(
             f"transformers could not load the tokenizer folder {folder}: {error}",
             "Check that the folder holds a complete tokenizer (tokenizer.json and tokenizer_config.json).",
+        ) from error
+    except Exception as error:  # the tokenizers library raises bare Exceptions for files it cannot parse
+        raise InputError(
+            f"The tokenizer in {folder} cannot be parsed: {error}",
+            "Its tokenizer.json is malformed or truncated: re-save or re-download the tokenizer.",
         ) from error
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise InputError(

@@ -27,16 +27,19 @@ from tokenadapt.checkpoint import (
     install_embeddings,
     load_causal_lm,
     read_embeddings,
-    verify_model_dir,
 )
 from tokenadapt.embedder import AuxEmbedder, embed_vocabulary
-from tokenadapt.methods import get_method
+from tokenadapt.errors import InputError
+from tokenadapt.file_level import CheckpointPlan, Unsupported, plan_checkpoint, verify_directory, write_checkpoint
+from tokenadapt.method_inputs import Context, extra_inputs
+from tokenadapt.methods import get_method, required_needs
 from tokenadapt.methods.base import MethodInputs, MethodSpec
-from tokenadapt.methods.combine import candidate_mean
+from tokenadapt.methods.numbers import apply_numbers
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, versions, write_json
+from tokenadapt.safetensors_io import SafetensorsHeader, TensorSpec, read_tensor
 from tokenadapt.tokenizer_io import load_tokenizer, resolve_tokenizer
 from tokenadapt.vocab import (
     Alignment,
@@ -91,6 +94,13 @@ class TransplantResult:
         for matrix, paths in self.method_paths.items():
             lines.append(f"{matrix} rows by path: " + ", ".join(f"{k} {v}" for k, v in paths.items() if v))
         lines.append(f"Chat template: {self.chat_template['status']}" + _missing_note(self.chat_template))
+        files = self.model.get("files")
+        lines.append(
+            f"Checkpoint: {self.model.get('io_note', self.model.get('io'))}"
+            + (" (weight files: " + ", ".join(f"{k} {v}" for k, v in files.items()) + ")" if files else "")
+            + (f"; verification: {self.verification['kind']}" if self.verification else "; not verified")
+            + "."
+        )
         lines.append(
             f"Time {sum(self.timings.values()):.1f} s ("
             + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
@@ -112,7 +122,12 @@ def transplant(
     progress: bool = False,
     command: str | None = None,
 ) -> TransplantResult:
-    """Move `model` onto `tokenizer` and write the result to `out`; see the module docstring."""
+    """Move `model` onto `tokenizer` and write the result to `out`; see the module docstring.
+
+    Safetensors checkpoints of known architectures take the file-level path (only the embedding tensors are read
+    and rewritten, every other tensor is linked or copied byte for byte; see `file_level`); anything else is loaded
+    whole (in-memory). Both compute the same rows; `result.model["io"]` says which ran and why.
+    """
     options = (options or TransplantOptions()).validated()
     spec = get_method(options.method)
     timings = Timings()
@@ -125,85 +140,180 @@ def transplant(
         if Path(options.embedder).exists():
             protected.append(Path(options.embedder))
         check_output_path(out_path, protected, options.overwrite)
+        plan, io_note = choose_checkpoint_io(resolved_model.path, options.checkpoint_io)
     with timings.stage("load"):
-        log.info("loading %s", resolved_model.path)
-        lm = load_causal_lm(resolved_model.path)
         old_tokenizer = load_tokenizer(resolved_model.path)
-        new_tokenizer = load_tokenizer(str(tokenizer))
-        matrices = read_embeddings(lm)
+        new_tokenizer = load_tokenizer(resolved_tokenizer)
+        lm: Any = None
+        matrices: EmbeddingMatrices | None = None
+        if plan is None:
+            log.info("loading %s", resolved_model.path)
+            lm = load_causal_lm(resolved_model.path)
+            matrices = read_embeddings(lm)
+            old_rows, hidden, tied, architecture = matrices.rows, matrices.hidden_size, matrices.tied, type(lm).__name__
+        else:
+            old_rows, hidden, tied, architecture = plan.rows, plan.hidden_size, plan.tied, plan.architecture
     with timings.stage("align"):
         old_vocab = build_vocabulary(old_tokenizer)
         new_vocab = build_vocabulary(new_tokenizer)
-        alignment = align_vocabularies(old_vocab, new_vocab, matrices.rows, MatchMode(options.match))
+        alignment = align_vocabularies(old_vocab, new_vocab, old_rows, MatchMode(options.match))
     log.info("aligned %d -> %d tokens: %s", old_vocab.size, new_vocab.size, alignment.counts())
-    inputs = _method_inputs(spec, old_vocab, new_vocab, alignment, matrices, options, timings, progress)
-    log.info("estimating %d rows with %s", inputs.count, spec.name)
-    with timings.stage("estimate"):
-        rows = padded_rows(new_vocab.size, options.pad_to_multiple_of)
-        new_input, input_paths = assemble_matrix(matrices.input, alignment, inputs, spec, old_vocab, rows)
-        method_paths = {"input": input_paths}
-        new_output = new_bias = None
-        if matrices.output is not None:
-            new_output, method_paths["output"] = assemble_matrix(
-                matrices.output, alignment, inputs, spec, old_vocab, rows
-            )
-        if matrices.output_bias is not None:
-            new_bias, _ = assemble_matrix(matrices.output_bias[:, None], alignment, inputs, spec, old_vocab, rows)
-            new_bias = new_bias[:, 0]
-        install_embeddings(lm, new_input, new_output, new_bias)
-        chat = decide_chat_template(old_tokenizer, new_tokenizer, old_vocab, new_vocab)
-        warnings = _configure_special_ids(lm, new_tokenizer)
-
-    result = TransplantResult(
-        out_dir=str(out_path),
-        method=spec.name,
-        options=options.to_dict(),
-        model={
-            "name": resolved_model.name,
-            "path": str(resolved_model.path),
-            "sha256": resolved_model.sha256,
-            "builtin": resolved_model.builtin,
-            "architecture": type(lm).__name__,
-            "tied": matrices.tied,
-            "hidden_size": matrices.hidden_size,
-            "old_vocab_size": old_vocab.size,
-            "old_family": old_vocab.family.value,
-            "old_rows": matrices.rows,
-            "rows": rows,
-        },
-        tokenizer={
-            "name": resolved_tokenizer.name,
-            "path": str(resolved_tokenizer.path),
-            "format": resolved_tokenizer.format,
-            "sha256": resolved_tokenizer.sha256,
-            "family": new_vocab.family.value,
-            "size": new_vocab.size,
-        },
-        counts=alignment.counts(),
-        method_paths=method_paths,
-        specials=[dataclasses.asdict(s) for s in alignment.specials if s.how != "exact"][:64],
-        chat_template=chat,
-        timings=timings,
-        peak_rss_mb=0.0,
-        versions=versions(),
-        warnings=warnings,
-        command=command,
-    )
+    inputs = _method_inputs(spec, old_vocab, new_vocab, alignment, old_rows, options, timings, progress)
+    rows = padded_rows(new_vocab.size, options.pad_to_multiple_of)
+    chat = decide_chat_template(old_tokenizer, new_tokenizer, old_vocab, new_vocab)
+    ids = special_ids(new_tokenizer)
+    warnings = list(inputs.notes) + special_id_warnings(ids) + (list(plan.warnings) if plan is not None else [])
+    model_info: dict[str, Any] = {
+        "name": resolved_model.name,
+        "path": str(resolved_model.path),
+        "sha256": resolved_model.sha256,
+        "builtin": resolved_model.builtin,
+        "architecture": architecture,
+        "io": "in-memory" if plan is None else "file-level",
+        "io_note": io_note,
+        "tied": tied,
+        "hidden_size": hidden,
+        "old_vocab_size": old_vocab.size,
+        "old_family": old_vocab.family.value,
+        "old_rows": old_rows,
+        "rows": rows,
+    }
     with staged_output(out_path, protected, options.overwrite) as tmp:
-        log.info("saving to %s", tmp)
-        with timings.stage("save"):
-            lm.save_pretrained(str(tmp), safe_serialization=True)
-            new_tokenizer.save_pretrained(str(tmp))
+        log.info("estimating %d rows with %s", inputs.count, spec.name)
+        if plan is None:
+            assert matrices is not None
+            with timings.stage("estimate"):
+                method_paths = _estimate_in_memory(lm, matrices, alignment, inputs, spec, old_vocab, rows)
+                configure_special_ids(lm, ids)
+            log.info("saving to %s", tmp)
+            with timings.stage("save"):
+                lm.save_pretrained(str(tmp), safe_serialization=True)
+                new_tokenizer.save_pretrained(str(tmp))
+        else:
+            log.info("writing to %s", tmp)
+            new_tensors, method_paths = _estimate_file_level(plan, alignment, inputs, spec, old_vocab, rows, timings)
+            with timings.stage("save"):  # the estimate stage runs inside, as the writer reaches each new tensor
+                summary = write_checkpoint(plan, tmp, new_tensors, ids, link=options.link_shards)
+                new_tokenizer.save_pretrained(str(tmp))
+            timings["save"] = round(timings["save"] - timings.get("estimate", 0.0), 3)
+            method_paths = {role: method_paths[role] for role in ("input", "output") if role in method_paths}
+            model_info["files"] = summary.counts()
+            model_info["checkpoint_bytes"] = plan.total_bytes
+            if summary.counts().get("linked"):
+                warnings.append(
+                    f"{summary.counts()['linked']} unchanged weight files are hard links to the input's: replace "
+                    "them, never edit them in place (or run with --no-link-shards for independent copies)"
+                )
+        result = TransplantResult(
+            out_dir=str(out_path),
+            method=spec.name,
+            options=options.to_dict(),
+            model=model_info,
+            tokenizer={
+                "name": resolved_tokenizer.name,
+                "path": str(resolved_tokenizer.path),
+                "format": resolved_tokenizer.format,
+                "sha256": resolved_tokenizer.sha256,
+                "family": new_vocab.family.value,
+                "size": new_vocab.size,
+            },
+            counts=alignment.counts(),
+            method_paths=method_paths,
+            specials=[dataclasses.asdict(s) for s in alignment.specials if s.how != "exact"][:64],
+            chat_template=chat,
+            timings=timings,
+            peak_rss_mb=0.0,
+            versions=versions(),
+            warnings=warnings,
+            command=command,
+        )
         if options.verify:
-            log.info("verifying the saved directory")
+            log.info("verifying the written directory")
             with timings.stage("verify"):
-                verification = verify_model_dir(tmp)
+                verification = verify_directory(tmp, int(options.full_verify_max_gb * 1e9), source=plan)
                 result.verification = verification.to_dict()
                 assert_verified(verification)
         result.peak_rss_mb = round(peak_rss_mb(), 1)
         write_json(tmp / REPORT_NAME, result.to_dict())
         (tmp / "README.md").write_text(model_card(result), encoding="utf-8")
     return result
+
+
+def choose_checkpoint_io(model_dir: Path, mode: str) -> tuple[CheckpointPlan | None, str]:
+    """(plan, note): the file-level plan, or None for the in-memory path, and why.
+
+    `mode` "auto" takes the file-level path whenever `plan_checkpoint` recognises the checkpoint with certainty;
+    "file-level" makes anything else an error; "in-memory" never plans.
+    """
+    if mode == "in-memory":
+        return None, "in-memory (--checkpoint-io in-memory)"
+    try:
+        plan = plan_checkpoint(model_dir)
+    except Unsupported as reason:
+        if mode == "file-level":
+            raise InputError(
+                f"The file-level path cannot transplant {model_dir}: {reason}.",
+                "Run with --checkpoint-io auto (or in-memory) to load the model whole instead.",
+            ) from None
+        return None, f"in-memory: {reason}"
+    total = sum(len(header.tensors) for header in plan.shards.values())
+    return plan, (
+        f"file-level: {plan.architecture} safetensors checkpoint, {len(plan.shards)} file(s), {total} tensors, "
+        f"{len(plan.changed)} rewritten ({plan.dtype})"
+    )
+
+
+def _estimate_in_memory(
+    lm: Any,
+    matrices: EmbeddingMatrices,
+    alignment: Alignment,
+    inputs: MethodInputs,
+    spec: MethodSpec,
+    old_vocab: Vocabulary,
+    rows: int,
+) -> dict[str, dict[str, int]]:
+    """Estimate the new matrices of a loaded model and install them; returns the method paths per matrix."""
+    new_input, input_paths = assemble_matrix(matrices.input, alignment, inputs, spec, old_vocab, rows)
+    method_paths = {"input": input_paths}
+    new_output = new_bias = None
+    if matrices.output is not None:
+        new_output, method_paths["output"] = assemble_matrix(matrices.output, alignment, inputs, spec, old_vocab, rows)
+    if matrices.output_bias is not None:
+        new_bias, _ = assemble_matrix(matrices.output_bias[:, None], alignment, inputs, spec, old_vocab, rows)
+        new_bias = new_bias[:, 0]
+    install_embeddings(lm, new_input, new_output, new_bias)
+    return method_paths
+
+
+def _estimate_file_level(
+    plan: CheckpointPlan,
+    alignment: Alignment,
+    inputs: MethodInputs,
+    spec: MethodSpec,
+    old_vocab: Vocabulary,
+    rows: int,
+    timings: Timings,
+) -> tuple[dict[str, TensorSpec], dict[str, dict[str, int]]]:
+    """The changed tensors as `TensorSpec`s whose bytes are computed when the shard writer reaches them.
+
+    Each is read in its stored dtype and estimated in float32 column blocks (`assemble_into`) straight into a
+    matrix of that dtype, so memory holds one old and one new matrix as stored plus one float32 column block of
+    each at a time. The returned method paths fill in as the tensors are computed.
+    """
+    new_tensors: dict[str, TensorSpec] = {}
+    method_paths: dict[str, dict[str, int]] = {}
+    for role, name in zip(("input", "output"), plan.changed, strict=False):
+        header = plan.shards[plan.file_of(name)]
+
+        def compute(role: str = role, name: str = name, header: SafetensorsHeader = header) -> torch.Tensor:
+            with timings.stage("estimate"):
+                old = read_tensor(header, name)
+                new = torch.empty((rows, plan.hidden_size), dtype=plan.torch_dtype)
+                method_paths[role] = assemble_into(new, old, alignment, inputs, spec, old_vocab)
+            return new  # the old matrix is freed with this frame, before the writer copies `new` out
+
+        new_tensors[name] = TensorSpec(name, plan.dtype, (rows, plan.hidden_size), compute)
+    return new_tensors, method_paths
 
 
 def padded_rows(size: int, multiple: int) -> int:
@@ -216,23 +326,24 @@ def _method_inputs(
     old_vocab: Vocabulary,
     new_vocab: Vocabulary,
     alignment: Alignment,
-    matrices: EmbeddingMatrices,
+    old_rows: int,
     options: TransplantOptions,
     timings: Timings,
     progress: bool,
 ) -> MethodInputs:
     new_ids = alignment.estimated_ids
-    old_candidates = torch.zeros(matrices.rows, dtype=torch.bool)
-    real = [i for i in range(min(old_vocab.size, matrices.rows)) if old_vocab.canonical[i]]
+    old_candidates = torch.zeros(old_rows, dtype=torch.bool)
+    real = [i for i in range(min(old_vocab.size, old_rows)) if old_vocab.canonical[i]]
     old_candidates[real] = True
-    old_lengths = torch.zeros(matrices.rows, dtype=torch.float32)
+    old_lengths = torch.zeros(old_rows, dtype=torch.float32)
     old_lengths[real] = torch.tensor([float(len(old_vocab.canonical[i] or b"")) for i in real])
     new_lengths = torch.tensor([float(len(new_vocab.canonical[i] or b"")) for i in new_ids.tolist()])
     fields: dict[str, Any] = {}
-    if "decomposition" in spec.needs:
+    needs = required_needs(spec, options.fallback)  # a method that falls back also needs its fallback's inputs
+    if "decomposition" in needs:
         with timings.stage("decompose"):
-            fields["decomposition"] = decompose(old_vocab, new_vocab, new_ids, matrices.rows, progress)
-    if "aux" in spec.needs:
+            fields["decomposition"] = decompose(old_vocab, new_vocab, new_ids, old_rows, progress)
+    if "aux" in needs:
         with timings.stage("embed"):
             embedder = AuxEmbedder.load(
                 resolve_embedder(options.embedder), name=options.embedder, batch_size=options.embed_batch_size
@@ -240,9 +351,9 @@ def _method_inputs(
             old_aux = embed_vocabulary(embedder, old_vocab, progress=progress)
             new_aux = embed_vocabulary(embedder, new_vocab, progress=progress)
         index = torch.from_numpy(new_ids)
-        aux_old = torch.zeros((matrices.rows, old_aux.vectors.shape[1]))
-        aux_old_ok = torch.zeros(matrices.rows, dtype=torch.bool)
-        usable = min(matrices.rows, old_vocab.size)
+        aux_old = torch.zeros((old_rows, old_aux.vectors.shape[1]))
+        aux_old_ok = torch.zeros(old_rows, dtype=torch.bool)
+        usable = min(old_rows, old_vocab.size)
         aux_old[:usable], aux_old_ok[:usable] = old_aux.vectors[:usable], old_aux.ok[:usable]
         fields.update(
             aux_new=new_aux.vectors[index],
@@ -250,12 +361,14 @@ def _method_inputs(
             aux_old=aux_old,
             aux_old_ok=aux_old_ok,
         )
-        if "neighbors" in spec.needs:
+        if "neighbors" in needs:
             with timings.stage("neighbors"):
                 cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}"
                 fields["neighbors"] = cached_neighbors(
                     fields["aux_new"], aux_old, old_candidates & aux_old_ok, options.top_k, cache_key, new_ids, progress
                 )
+    context = Context(old_vocab, new_vocab, alignment, new_ids, old_candidates, options, timings, progress)
+    fields.update(extra_inputs(needs, context))  # text, FOCUS, donor and number-token inputs, with report notes
     return MethodInputs(
         new_ids=new_ids,
         old_candidates=old_candidates,
@@ -287,6 +400,71 @@ def cached_neighbors(
     return found
 
 
+COLUMN_BLOCK_BYTES = 256 << 20  # float32 bytes of old rows estimated at once
+
+
+def column_block(old_rows: int, width: int, spec: MethodSpec) -> int:
+    """Columns estimated at once: about COLUMN_BLOCK_BYTES of float32 old rows, a multiple of 64.
+
+    Methods whose columns interact (`random`'s covariance) take the whole width. The block depends on the shapes
+    only, so the in-memory and file-level paths compute the same blocks and the same bytes.
+
+    >>> column_block(128256, 4096, get_method("hybrid")), column_block(49152, 576, get_method("hybrid"))
+    (512, 576)
+    """
+    if not spec.column_separable:
+        return width
+    block = COLUMN_BLOCK_BYTES // (4 * max(old_rows, 1)) // 64 * 64
+    return max(1, min(width, max(64, block)))
+
+
+def assemble_into(
+    new: torch.Tensor,
+    old: torch.Tensor,
+    alignment: Alignment,
+    inputs: MethodInputs,
+    spec: MethodSpec,
+    old_vocab: Vocabulary,
+) -> dict[str, int]:
+    """Fill `new` [rows, d] from `old` [V_old, d] (each in any float dtype); returns the method paths.
+
+    Copied rows are copied whole in `new`'s dtype (exact: a float32 round trip would give the same bits). Every
+    other row (estimates, role-less specials, holes, padding) is computed in float32 column blocks of
+    `column_block` columns (`assemble_block`) and cast to `new`'s dtype, so memory needs one block, not a float32
+    copy of either matrix.
+    """
+    copied = alignment.copied_ids
+    copy_rows(new, old, copied, alignment.source[copied])
+    not_copied = np.ones(new.shape[0], dtype=bool)
+    not_copied[copied] = False
+    rest = np.flatnonzero(not_copied)
+    if not rest.size:
+        return {}
+    width = int(new.shape[1])
+    step = column_block(int(old.shape[0]), width, spec)
+    rest_index = torch.from_numpy(rest)
+    paths: dict[str, int] = {}
+    for start in range(0, width, step):
+        stop = min(width, start + step)
+        block, paths = assemble_block(
+            old[:, start:stop].to(torch.float32).contiguous(), rest, alignment, inputs, spec, old_vocab
+        )
+        new[:, start:stop].index_copy_(0, rest_index, block.to(new.dtype))
+        del block
+    return paths
+
+
+def copy_rows(new: torch.Tensor, old: torch.Tensor, targets: np.ndarray, sources: np.ndarray) -> None:
+    """new[targets] = old[sources] (exact, in `new`'s dtype).
+
+    `index_select` + `index_copy_` rather than `new[targets] = old[sources]`: the same bytes, five times faster
+    for 110k rows of 4096 (the advanced-indexing path builds and scatters through slower kernels).
+    """
+    if targets.size:
+        rows = old.index_select(0, torch.from_numpy(sources)).to(new.dtype)
+        new.index_copy_(0, torch.from_numpy(targets), rows)
+
+
 def assemble_matrix(
     old: torch.Tensor,
     alignment: Alignment,
@@ -295,22 +473,43 @@ def assemble_matrix(
     old_vocab: Vocabulary,
     rows: int,
 ) -> tuple[torch.Tensor, dict[str, int]]:
-    """The full new matrix [rows, d] for one old matrix [V_old, d]: copies, role matches, estimates, fallbacks."""
+    """The full new matrix [rows, d] (float32) for one old matrix [V_old, d]."""
     new = torch.empty((rows, old.shape[1]), dtype=torch.float32)
-    mean = candidate_mean(old, inputs.old_candidates)
-    new[:] = mean  # holes and padding rows: never emitted, so the neutral mean is the safest value
-    copied = torch.from_numpy(alignment.copied_ids)
-    new[copied] = old[torch.from_numpy(alignment.source[alignment.copied_ids])].to(torch.float32)
+    return new, assemble_into(new, old, alignment, inputs, spec, old_vocab)
+
+
+def assemble_block(
+    old: torch.Tensor,
+    rest: np.ndarray,
+    alignment: Alignment,
+    inputs: MethodInputs,
+    spec: MethodSpec,
+    old_vocab: Vocabulary,
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """Rows `rest` (ascending new ids that copy no old row) [len(rest), c] from old columns [V_old, c] (float32):
+    role-less specials, estimates, and the mean of the old rows for holes and padding."""
+    mean = _candidate_mean(old, inputs.old_candidates)
+    new = mean.expand(len(rest), -1).clone()  # holes and padding rows: never emitted, so the neutral mean is safest
     unmatched = alignment.ids_of(Assignment.SPECIAL_UNMATCHED)
     if unmatched.size:
         old_specials = [i for i in sorted(old_vocab.special_ids) if i < old.shape[0]]
-        new[torch.from_numpy(unmatched)] = old[old_specials].mean(dim=0) if old_specials else mean
+        new[torch.from_numpy(np.searchsorted(rest, unmatched))] = (
+            old[old_specials].mean(dim=0) if old_specials else mean
+        )
     paths: dict[str, int] = {}
     if inputs.count:
-        estimate = spec.fn(old, inputs)
-        new[torch.from_numpy(inputs.new_ids)] = estimate.rows
+        estimate = apply_numbers(old, inputs, spec.fn(old, inputs))
+        new[torch.from_numpy(np.searchsorted(rest, inputs.new_ids))] = estimate.rows
         paths = estimate.paths
     return new, paths
+
+
+def _candidate_mean(old: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """`candidate_mean` as one matrix-vector product (no gathered copy of the candidate rows)."""
+    count = int(candidates.sum())
+    if count == 0:
+        return old.mean(dim=0)
+    return (candidates.to(old.dtype) @ old) / count
 
 
 _TEMPLATE_TOKEN = re.compile(r"<[^<>\s]{1,40}>|\[[A-Z_/]{2,30}\]")
@@ -344,17 +543,23 @@ def decide_chat_template(
     }
 
 
-def _configure_special_ids(lm: Any, new_tokenizer: Any) -> list[str]:
-    """Point config and generation config at the new tokenizer's bos/eos/pad ids; returns warnings."""
-    warnings: list[str] = []
-    ids = {role: getattr(new_tokenizer, f"{role}_token_id", None) for role in ("bos", "eos", "pad")}
+def special_ids(new_tokenizer: Any) -> dict[str, Any]:
+    """The new tokenizer's bos/eos/pad ids (None where it declares none)."""
+    return {role: getattr(new_tokenizer, f"{role}_token_id", None) for role in ("bos", "eos", "pad")}
+
+
+def special_id_warnings(ids: dict[str, Any]) -> list[str]:
+    if ids["eos"] is None:
+        return ["the new tokenizer declares no eos token: generation will not stop by itself"]
+    return []
+
+
+def configure_special_ids(lm: Any, ids: dict[str, Any]) -> None:
+    """Point a loaded model's config and generation config at the new tokenizer's bos/eos/pad ids."""
     for role, value in ids.items():
         setattr(lm.config, f"{role}_token_id", value)
         if getattr(lm, "generation_config", None) is not None:
             setattr(lm.generation_config, f"{role}_token_id", value)
-    if ids["eos"] is None:
-        warnings.append("the new tokenizer declares no eos token: generation will not stop by itself")
-    return warnings
 
 
 def model_card(result: TransplantResult) -> str:

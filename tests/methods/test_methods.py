@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tokenadapt.methods import METHODS, get_method
-from tokenadapt.methods.base import MethodInputs
-from tokenadapt.methods.combine import masked_softmax
+from tokenadapt.methods.base import MethodInputs, SparseCombination
+from tokenadapt.methods.combine import masked_softmax, sparse_matrix
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.vocab.decompose import Decomposition
@@ -127,7 +127,13 @@ def test_random_has_the_old_mean_and_covariance_and_is_seeded() -> None:
 
 
 def test_every_method_handles_matrices_of_any_width_and_keeps_rows_finite() -> None:
-    inputs = make_inputs()
+    # the text, FOCUS and donor inputs: token 0 placed on old rows 0 and 1, token 1 left to the fallback
+    placed = SparseCombination(
+        sparse_matrix(torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([0.5, 1.5]), (2, 4)),
+        torch.tensor([True, False]),
+        torch.tensor([2.0, 0.0]),
+    )
+    inputs = MethodInputs(**{**make_inputs().__dict__, "text_counts": placed, "focus": placed, "omp": placed})
     bias = OLD[:, :1]  # a [V, 1] bias is estimated like any other matrix
     for name, spec in METHODS.items():
         rows = spec.fn(bias, inputs).rows

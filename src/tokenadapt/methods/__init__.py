@@ -9,8 +9,18 @@ Each method lives in its own module as a pure function on tensors; see `methods.
 from __future__ import annotations
 
 from tokenadapt.errors import InputError
-from tokenadapt.methods import global_neighbors, hybrid, local, mean, random_normal, subword_mean
-from tokenadapt.methods.base import Estimate, MethodInputs, MethodSpec
+from tokenadapt.methods import (
+    align,
+    focus,
+    global_neighbors,
+    hybrid,
+    local,
+    mean,
+    omp,
+    random_normal,
+    subword_mean,
+)
+from tokenadapt.methods.base import Estimate, MethodInputs, MethodSpec, Need
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
@@ -21,8 +31,24 @@ METHODS: dict[str, MethodSpec] = {
         subword_mean.SPEC,
         mean.SPEC,
         random_normal.SPEC,
+        align.SPEC,
+        focus.SPEC,
+        omp.SPEC,
+        omp.HYBRID_SPEC,
     )
 }
+
+
+def required_needs(spec: MethodSpec, fallback: str) -> frozenset[Need]:
+    """What the pipeline must compute for `spec`: its own needs plus, if it falls back, the fallback method's.
+
+    >>> sorted(required_needs(get_method("align"), "subword-mean"))
+    ['decomposition', 'text']
+    """
+    needs = set(spec.needs)
+    if spec.uses_fallback:
+        needs |= get_method(fallback).needs
+    return frozenset(needs)
 
 
 def method_names() -> list[str]:
@@ -35,4 +61,4 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Estimate", "MethodInputs", "MethodSpec", "get_method", "method_names"]
+__all__ = ["METHODS", "Estimate", "MethodInputs", "MethodSpec", "Need", "get_method", "method_names", "required_needs"]

@@ -2,8 +2,10 @@
 
 A method is a pure function `(old rows, inputs) -> Estimate`. `old` is one embedding matrix of the original model
 (input embeddings, or the untied output head, or a bias as a [V, 1] matrix), so the same method serves all of them.
-`MethodInputs` holds everything computed once per transplant (decompositions, auxiliary embeddings, neighbours);
-the pipeline fills only what the method's `needs` names, so `mean` never loads an embedder.
+`MethodInputs` holds everything computed once per transplant (decompositions, auxiliary embeddings, neighbours,
+text alignments, FOCUS weights, OMP codes); the pipeline fills only what the method's `needs` names, so `mean`
+never loads an embedder. Anything expensive is computed there once, not per matrix: a method is called for the
+input matrix, the untied head and the bias, possibly in column blocks, so it should be a cheap sparse product.
 """
 
 from __future__ import annotations
@@ -19,7 +21,35 @@ from tokenadapt.neighbors import Neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.vocab.decompose import Decomposition
 
-Need = Literal["decomposition", "aux", "neighbors"]
+Need = Literal["decomposition", "aux", "neighbors", "text", "focus", "donor"]
+
+
+@dataclass(frozen=True)
+class SparseCombination:
+    """Per new token, a sparse combination of old rows: `matrix` is a sparse COO [U, V] of weights over old ids,
+    `found` [U] bool says which rows have one, `score` [U] is a per-token figure the method explains (occurrences
+    in a text, a reconstruction residual, ...).
+
+        >>> combo = SparseCombination(torch.eye(2).to_sparse(), torch.tensor([True, True]), torch.ones(2))
+        >>> torch.sparse.mm(combo.matrix, old_rows)   # [U, d]
+    """
+
+    matrix: torch.Tensor
+    found: torch.Tensor
+    score: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NumberPlan:
+    """Number tokens among the U estimated tokens and their digit-based estimate (see `methods.numbers`).
+
+    `rows` [N] are positions in `new_ids`; `estimate` a sparse COO [N, V] of weights over old rows; `share` how much
+    of the final row the digit estimate takes (the rest is the method's own estimate).
+    """
+
+    rows: torch.Tensor
+    estimate: torch.Tensor
+    share: float
 
 
 @dataclass(frozen=True)
@@ -33,6 +63,13 @@ class MethodInputs:
     - `aux_new` [U, a], `aux_new_ok` [U], `aux_old` [V, a], `aux_old_ok` [V]: L2-normalised auxiliary embeddings
       (needs "aux").
     - `neighbors`: top-k old neighbours of each new token in auxiliary space (needs "neighbors").
+    - `text_counts`: byte-overlap counts of each new token with old tokens in a text, tokenized both ways
+      (needs "text"; `score` = occurrences).
+    - `focus`: FOCUS sparsemax weights over old rows of shared tokens (needs "focus"; `score` = support size).
+    - `omp`: OMP codes over shared anchor tokens, found in a donor model (needs "donor"; `score` = relative
+      residual in donor space).
+    - `numbers`: the number-token plan applied on top of any method (`--numbers auto`), or None.
+    - `notes`: what the report should warn about (e.g. new tokens a text never showed).
     """
 
     new_ids: np.ndarray
@@ -46,6 +83,11 @@ class MethodInputs:
     aux_old: torch.Tensor | None = None
     aux_old_ok: torch.Tensor | None = None
     neighbors: Neighbors | None = None
+    text_counts: SparseCombination | None = None
+    focus: SparseCombination | None = None
+    omp: SparseCombination | None = None
+    numbers: NumberPlan | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:
@@ -71,3 +113,7 @@ class MethodSpec:
     fn: MethodFn
     needs: frozenset[Need]
     summary: str
+    # each output column depends only on the same column of `old`, so a matrix can be estimated in column blocks
+    column_separable: bool = True
+    # rows the method cannot place take the `--fallback` method's estimate, whose needs are added to `needs`
+    uses_fallback: bool = False

@@ -65,3 +65,41 @@ def sparse_estimate(
     rows = fill_missing(combine_rows(old, indices, weights), ~found, candidate_mean(old, inputs.old_candidates))
     count = int(found.sum())
     return Estimate(rows, {path: count, "fallback-mean": inputs.count - count})
+
+
+def sparse_rows(matrix: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """[U, d] = sparse COO [U, V] x old [V, d] in float32 (O(nnz * d), never a dense [U, V])."""
+    return torch.sparse.mm(matrix.to(torch.float32), old.to(torch.float32))
+
+
+def sparse_matrix(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A coalesced float32 sparse COO matrix from (row, col, value) triples; duplicate pairs are summed.
+
+    >>> sparse_matrix(torch.tensor([0, 0]), torch.tensor([1, 1]), torch.tensor([0.5, 0.25]), (1, 2)).to_dense()
+    tensor([[0.0000, 0.7500]])
+    """
+    indices = torch.stack([rows.to(torch.long), cols.to(torch.long)])
+    matrix = torch.sparse_coo_tensor(indices, values.to(torch.float32), size=shape, check_invariants=False)
+    return matrix.coalesce()
+
+
+def fallback_estimate(old: torch.Tensor, inputs: MethodInputs) -> Estimate:
+    """The `--fallback` method's estimate of every row, for methods that cannot place some tokens themselves."""
+    from tokenadapt.methods import get_method  # the registry imports every method module, this one included
+
+    return get_method(inputs.options.fallback).fn(old, inputs)
+
+
+def with_fallback(
+    old: torch.Tensor, inputs: MethodInputs, rows: torch.Tensor, found: torch.Tensor, path: str
+) -> Estimate:
+    """`rows` [U, d] where `found` [U], the fallback method's rows elsewhere; paths count both.
+
+    The paths are {path: found, "fallback-<name>": the rest}, so the report says what unplaced tokens became.
+    """
+    count = int(found.sum())
+    paths = {path: count, f"fallback-{inputs.options.fallback}": inputs.count - count}
+    if count == inputs.count:
+        return Estimate(rows, paths)
+    fallback = fallback_estimate(old, inputs).rows
+    return Estimate(torch.where(found[:, None], rows, fallback), paths)

@@ -32,4 +32,5 @@ SPEC = MethodSpec(
     fn=estimate_random,
     needs=frozenset(),
     summary="normal with the old rows' mean and covariance",
+    column_separable=False,  # the covariance couples every column
 )

@@ -25,6 +25,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as BackendTokenizer
 
+from tokenadapt.errors import InputError
 from tokenadapt.vocab.roles import roles_of_tokenizer
 
 METASPACE = "▁"
@@ -246,6 +247,30 @@ def _utf8_runs(data: bytes) -> list[tuple[bytes, bool]]:
     return runs
 
 
+MAX_UNUSED_IDS = 1 << 16
+
+
+def check_id_range(used: int, size: int) -> None:
+    """InputError for a vocabulary with no token, or whose ids leave most of their range unused.
+
+    An embedding matrix needs a row for every id up to the highest; a tokenizer with a few tokens at ids in the
+    billions (a corrupted or hostile file) would ask for terabytes.
+
+    >>> check_id_range(used=2, size=4_000_000_001)
+    Traceback (most recent call last):
+    tokenadapt.errors.InputError: The tokenizer's ids run up to 4000000000 but only 2 of them are used...
+    """
+    if used == 0:
+        raise InputError("The tokenizer has no tokens.", "Pass a complete tokenizer file.")
+    unused = size - used
+    if unused > MAX_UNUSED_IDS and unused > used:
+        raise InputError(
+            f"The tokenizer's ids run up to {size - 1} but only {used} of them are used, so an embedding matrix "
+            f"would need {unused} empty rows.",
+            "Renumber the tokens with contiguous ids (the file is likely corrupted or hand-edited).",
+        )
+
+
 def build_vocabulary(tokenizer: Any) -> Vocabulary:
     """Build a `Vocabulary` from a Hugging Face fast tokenizer (`PreTrainedTokenizerFast` or compatible).
 
@@ -253,16 +278,17 @@ def build_vocabulary(tokenizer: Any) -> Vocabulary:
     tokens) are covered and ids no token uses are holes.
     """
     backend: BackendTokenizer = tokenizer.backend_tokenizer
+    id_to_token: dict[int, str] = {}
+    for string, token_id in backend.get_vocab(with_added_tokens=True).items():
+        if token_id not in id_to_token or string < id_to_token[token_id]:
+            id_to_token[token_id] = string  # several strings on one id: the same one every run
+    size = max(id_to_token, default=-1) + 1
+    check_id_range(len(id_to_token), size)  # before to_str(), which allocates a slot per id
     spec = json.loads(backend.to_str())
     family = detect_family(spec)
     model = spec.get("model") or {}
     continuation_prefix = model.get("continuing_subword_prefix") or "##"
-
-    id_to_token: dict[int, str] = {}
-    for string, token_id in backend.get_vocab(with_added_tokens=True).items():
-        id_to_token.setdefault(token_id, string)
     added = {int(a["id"]): a for a in spec.get("added_tokens") or []}
-    size = max(id_to_token, default=-1) + 1
     tokens: list[str | None] = [id_to_token.get(i) for i in range(size)]
 
     special_ids = {i for i, a in added.items() if a.get("special")}
