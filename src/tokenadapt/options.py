@@ -17,6 +17,13 @@ CHECKPOINT_IO = ("auto", "file-level", "in-memory")
 FALLBACKS = ("hybrid", "local", "global", "subword-mean", "mean")  # methods that need no text or donor
 
 
+def raise_first_failure(checks: list[tuple[bool, str]]) -> None:
+    """Raise an InputError for the first (ok, message) check that failed."""
+    for ok, message in checks:
+        if not ok:
+            raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
+
+
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -106,9 +113,7 @@ class TransplantOptions:
             (self.fallback in FALLBACKS, f"--fallback must be one of {', '.join(FALLBACKS)}"),
             (self.numbers in ("auto", "off"), "--numbers must be 'auto' or 'off'"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
+        raise_first_failure(checks)
         if self.method in ("align", "focus") and not self.text.strip():
             raise InputError(
                 f"--method {self.method} learns from a text, and none was given.",
@@ -152,9 +157,7 @@ class EvalOptions:
             (self.bos in ("auto", "always", "never"), "--bos must be auto, always or never"),
             (self.max_bytes >= 0, "--max-bytes must be 0 or more"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
+        raise_first_failure(checks)
         return self
 
 
@@ -210,9 +213,7 @@ class TrainTokenizerOptions:
             (self.max_words >= 1, "--max-words must be at least 1"),
             (len(set(specials)) == len(specials), "the special tokens must be different from each other"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
+        raise_first_failure(checks)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,9 +245,7 @@ class BenchOptions:
             (self.max_bytes > 0, "--max-bytes must be positive"),
             (self.context >= 2, "--context must be at least 2"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"Invalid option: {message}.", "Fix the value and run again.")
+        raise_first_failure(checks)
         return self
 
     def to_dict(self) -> dict[str, Any]:

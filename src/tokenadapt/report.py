@@ -49,6 +49,16 @@ class Timings(dict[str, float]):
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
+def time_and_memory_line(timings: dict[str, float], peak_rss_mb: float) -> str:
+    """One line for a result's Markdown: total and per-stage seconds, and peak memory.
+
+    >>> time_and_memory_line({"load": 1.0, "save": 0.5}, 812.4)
+    'Time 1.5 s (load 1.0, save 0.5); peak RSS 812 MiB.'
+    """
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    return f"Time {sum(timings.values()):.1f} s ({stages}); peak RSS {peak_rss_mb:.0f} MiB."
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; floats are shown with 3 decimals.
 

@@ -38,7 +38,7 @@ from tokenadapt.methods.numbers import apply_numbers
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
-from tokenadapt.report import Timings, markdown_table, peak_rss_mb, versions, write_json
+from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
 from tokenadapt.safetensors_io import SafetensorsHeader, TensorSpec, read_tensor
 from tokenadapt.tokenizer_io import load_tokenizer, resolve_tokenizer
 from tokenadapt.vocab import (
@@ -101,11 +101,7 @@ class TransplantResult:
             + (f"; verification: {self.verification['kind']}" if self.verification else "; not verified")
             + "."
         )
-        lines.append(
-            f"Time {sum(self.timings.values()):.1f} s ("
-            + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
-            + f"); peak RSS {self.peak_rss_mb:.0f} MiB."
-        )
+        lines.append(time_and_memory_line(self.timings, self.peak_rss_mb))
         lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from tokenadapt.errors import InputError
 from tokenadapt.options import TrainTokenizerOptions
 from tokenadapt.output import check_output_path, staged_output
-from tokenadapt.report import Timings, markdown_table, peak_rss_mb, versions, write_json
+from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
 from tokenadapt.training.corpus import TrainingText
 from tokenadapt.training.modes import get_mode
 
@@ -70,11 +70,7 @@ class TrainingResult:
                 f"({held['bytes_per_token']:.3f} bytes per token); "
                 f"round trip: {'ok' if held['round_trip'] else 'FAILED'}."
             )
-        lines.append(
-            f"Time {sum(self.timings.values()):.1f} s ("
-            + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
-            + f"); peak RSS {self.peak_rss_mb:.0f} MiB."
-        )
+        lines.append(time_and_memory_line(self.timings, self.peak_rss_mb))
         lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
