@@ -75,3 +75,31 @@ def test_bench_plots_one_png_per_model_and_target(tmp_path: Path) -> None:
 def test_bench_refuses_unknown_methods() -> None:
     with pytest.raises(InputError, match="unknown --methods"):
         BenchOptions(methods=("nope",)).validated()
+
+
+def test_bench_heals_cells_when_asked(tied_model_dir: Path, new_tokenizer_dir: Path, tmp_path: Path) -> None:
+    text = tmp_path / "long.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. Der Hund schläft.\n" * 30, encoding="utf-8")
+    options = BenchOptions(
+        models=(str(tied_model_dir),),
+        targets=(str(new_tokenizer_dir),),
+        methods=("subword-mean",),
+        texts=(str(text),),
+        max_bytes=2000,
+        context=64,
+        heal="2steps",
+        heal_flags="--held-out-bytes 400 --context 32 --eval-every 1 --learning-rate 0.03",
+        work=str(tmp_path / "work"),
+    )
+    result = bench.run_bench(options)
+    (cell,) = result.cells
+    assert cell["heal"]["steps"] == 2 and cell["heal"]["objective"] == "ntp"
+    healed = result.healed_ratios(cell)
+    assert healed is not None and healed.keys() == result.ratios(cell).keys()
+    assert healed != result.ratios(cell)  # the healed model was scored, not the zero-shot one again
+    assert "subword-mean, healed 0 min (ntp)" in result.to_markdown()
+    assert not list((tmp_path / "work" / "models").iterdir())
+    unhealed = bench.cell_key(
+        cell["model"], cell["target"], "subword-mean", BenchOptions(**{**options.to_dict(), "heal": ""})
+    )
+    assert unhealed != bench.cell_key(cell["model"], cell["target"], "subword-mean", options)

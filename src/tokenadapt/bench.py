@@ -50,6 +50,12 @@ class BenchResult:
         original = self.original[cell["model"]]
         return {t: s["bits_per_byte"] / original[t]["bits_per_byte"] for t, s in cell["scores"].items()}
 
+    def healed_ratios(self, cell: dict[str, Any]) -> dict[str, float] | None:
+        """Bits-per-byte ratio to the original per text after healing (None for cells that were not healed)."""
+        if "healed_scores" not in cell:
+            return None
+        return self.ratios({"model": cell["model"], "scores": cell["healed_scores"]})
+
     def to_markdown(self) -> str:
         parts = []
         for model, target in dict.fromkeys((c["model"], c["target"]) for c in self.cells):
@@ -70,6 +76,18 @@ class BenchResult:
                         cell["transplant"]["peak_rss_mb"],
                     ]
                 )
+                healed = self.healed_ratios(cell)
+                if healed is not None:
+                    heal = cell["heal"]
+                    rows.append(
+                        [
+                            f"{cell['method']}, healed {heal['train_s'] / 60:.0f} min ({heal['objective']})",
+                            *[f"{healed[t]:.3f}x" for t in texts],
+                            f"{_mean(healed.values()):.3f}x",
+                            "",
+                            cell["heal"]["peak_rss_mb"],
+                        ]
+                    )
             compression = [
                 "tokens/byte (original -> new)",
                 *[
@@ -132,6 +150,8 @@ def cell_key(model: str, target: str, method: str, options: BenchOptions) -> str
 
     identity = [CELL_FORMAT, __version__, model, target, method, list(options.texts), options.max_bytes]
     identity += [options.context, options.transplant_flags]
+    if options.heal:
+        identity += [options.heal, options.heal_flags]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
@@ -148,6 +168,18 @@ def transplant_in_subprocess(model: str, target: str, method: str, out: Path, fl
         "peak_rss_mb": report["peak_rss_mb"],
         "counts": report["counts"],
     }
+
+
+def heal_in_subprocess(model: Path, texts: tuple[str, ...], out: Path, budget: str, flags: list[str]) -> dict[str, Any]:
+    """Run `tokenadapt heal` on `texts` (their dev split) in a fresh process; its report's cost figures."""
+    command = [sys.executable, "-m", "tokenadapt", "-q", "heal", str(model), str(out), "--budget", budget]
+    command += [f"--text={t}" for t in texts]
+    done = subprocess.run([*command, "--overwrite", *flags], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise InputError(f"heal of {model} failed: {done.stderr.strip()}", "See the error.")
+    report = json.loads((out / "heal_report.json").read_text())
+    keys = ("objective", "steps", "best_step", "tokens_trained", "stopped", "peak_rss_mb")
+    return {**{k: report[k] for k in keys}, "train_s": report["timings"]["train"]}
 
 
 def score_on_texts(model: str | Path, texts: tuple[str, ...], options: EvalOptions) -> dict[str, dict[str, Any]]:
@@ -195,6 +227,12 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _: None
                 run = transplant_in_subprocess(model, target, method, out, shlex.split(options.transplant_flags))
                 cell = {"model": model, "target": target, "method": method, "transplant": run}
                 cell["scores"] = score_on_texts(out, options.texts, evaluation)
+                if options.heal:
+                    healed = out.with_name(out.name + "-healed")
+                    flags = shlex.split(options.heal_flags)
+                    cell["heal"] = heal_in_subprocess(out, options.texts, healed, options.heal, flags)
+                    cell["healed_scores"] = score_on_texts(healed, options.texts, evaluation)
+                    shutil.rmtree(healed, ignore_errors=True)
                 shutil.rmtree(out, ignore_errors=True)
                 write_json(path, cell)
                 result.cells.append(cell)
@@ -204,4 +242,4 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _: None
     return result
 
 
-__all__ = ["BenchResult", "cell_key", "run_bench"]
+__all__ = ["BenchResult", "cell_key", "heal_in_subprocess", "run_bench"]

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from tokenadapt.errors import TokenAdaptError
-from tokenadapt.options import BenchOptions, EvalOptions, TrainTokenizerOptions, TransplantOptions, VerifyOptions
+from tokenadapt.options import (
+    BenchOptions,
+    EvalOptions,
+    HealOptions,
+    TrainTokenizerOptions,
+    TransplantOptions,
+    VerifyOptions,
+)
 
 DESCRIPTION = "Move a pretrained language model onto a new tokenizer, zero-shot, and measure what it costs."
 DEMO_MODEL, DEMO_TOKENIZER, DEMO_TEXTS = "smollm2-135m", "llama3", ("wiki-en",)
@@ -85,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--out", type=Path, required=True, help="output tokenizer directory")
     add_dataclass_flags(tt, TrainTokenizerOptions)
 
+    h = commands.add_parser(
+        "heal", help="train a transplanted model's new embedding rows (body frozen) on text; held-out before/after"
+    )
+    h.add_argument("model", help="a transplanted model directory (or any model with --rows all)")
+    h.add_argument("out", type=Path, help="output directory (must not exist unless --overwrite)")
+    h.add_argument("--text", action="append", required=True, help="built-in text name or local path (repeatable)")
+    add_dataclass_flags(h, HealOptions)
+
     b = commands.add_parser("bench", help="a resumable matrix of models x tokenizers x methods, scored on texts")
     add_dataclass_flags(b, BenchOptions)
     b.add_argument("--json", type=Path, help="write every cell's figures to this file")
@@ -146,6 +161,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         command = "tokenadapt " + shlex.join(argv)
         trained = train_tokenizer(args.text, args.out, options_from(args, TrainTokenizerOptions), progress, command)
         print(trained.to_markdown())
+    elif args.command == "heal":
+        from tokenadapt.healing import heal
+
+        command = "tokenadapt " + shlex.join(argv)
+        healed = heal(args.model, args.out, args.text, options_from(args, HealOptions), progress, command)
+        print(healed.to_markdown())
     elif args.command == "bench":
         from tokenadapt.bench import run_bench
         from tokenadapt.report import write_json

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,6 +234,12 @@ class BenchOptions:
     max_bytes: int = _opt(20000, "score the first N bytes of each text")
     context: int = _opt(512, "tokens per scoring window (windows do not overlap; no bos)")
     transplant_flags: str = _opt("", "extra flags for every transplant, e.g. '--top-k 5'")
+    heal: str = _opt(
+        "",
+        "also heal every cell for this budget ('20m', '300steps') on the dev split of --texts and score it "
+        "(a 'healed' column); empty: zero-shot only",
+    )
+    heal_flags: str = _opt("", "extra flags for every heal, e.g. '--objective distill'")
     work: str = _opt("", "where cells and scores are kept (default: the cache's bench/ folder)")
 
     def validated(self) -> BenchOptions:
@@ -247,6 +254,88 @@ class BenchOptions:
         ]
         raise_first_failure(checks)
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+HEAL_OBJECTIVES = ("ntp", "distill")
+HEAL_ROWS = ("new", "all")
+
+
+@dataclass(frozen=True)
+class HealOptions:
+    """How `tokenadapt heal` trains a transplanted model's embedding rows with the transformer body frozen."""
+
+    objective: str = _opt(
+        "ntp",
+        "ntp: next-token loss on the text; distill: match the teacher's likelihood of the same text spans "
+        "(chunks where both tokenizations have a boundary). ntp healed more per minute (docs/results.md)",
+    )
+    teacher: str = _opt(
+        "",
+        "the original model (built-in name, folder, .gguf or Hub id); default: the model named in the "
+        "directory's transplant_report.json. distill needs it; --rows new uses its tokenizer to find the new rows",
+    )
+    rows: str = _opt("new", "rows to train: 'new' (those the transplant estimated) or 'all' embedding rows")
+    budget: str = _opt("20m", "stop after this long: minutes ('20m' or a plain number) or optimizer steps ('300steps')")
+    learning_rate: float = _opt(3e-3, "Adam learning rate for the trained rows (no weight decay)")
+    train_inputs: bool = _opt(
+        True,
+        "train the rows as inputs too (backpropagates through the frozen body); off: only the output head's "
+        "gradient trains them, with no backward through the body (about twice the tokens per minute)",
+    )
+    sparse_updates: bool = _opt(
+        True,
+        "each step moves only the rows of tokens in its batch; off: the full-softmax gradient reaches every "
+        "trainable row, and Adam's per-row scaling turns its tiny pushes on unseen tokens into full-size steps",
+    )
+    warmup_steps: int = _opt(4, "linear learning-rate warmup over this many optimizer steps")
+    context: int = _opt(512, "tokens per training sequence")
+    batch_size: int = _opt(2, "sequences per optimizer step (processed one at a time: memory stays one sequence's)")
+    eval_every: int = _opt(8, "score the held-out slice every N optimizer steps")
+    patience: int = _opt(2, "stop after this many held-out scorings without improvement; the best rows are kept")
+    held_out_bytes: int = _opt(8000, "held-out slice per text: its last N UTF-8 bytes, never trained on")
+    max_train_bytes: int = _opt(2_000_000, "train on at most this many UTF-8 bytes of each text (0 = all)")
+    split: str = _opt("dev", "split of built-in texts to heal on (dev keeps test unseen by `eval` and the benchmark)")
+    seed: int = _opt(0, "random seed for the order of training sequences")
+    overwrite: bool = _opt(False, "replace OUT if it exists")
+
+    def validated(self) -> HealOptions:
+        checks: list[tuple[bool, str]] = [
+            (self.objective in HEAL_OBJECTIVES, f"--objective must be one of {', '.join(HEAL_OBJECTIVES)}"),
+            (self.rows in HEAL_ROWS, f"--rows must be one of {', '.join(HEAL_ROWS)}"),
+            (self.learning_rate > 0, "--learning-rate must be positive"),
+            (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
+            (self.context >= 8, "--context must be at least 8"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.eval_every >= 1, "--eval-every must be at least 1"),
+            (self.patience >= 1, "--patience must be at least 1"),
+            (self.held_out_bytes >= 256, "--held-out-bytes must be at least 256"),
+            (self.max_train_bytes >= 0, "--max-train-bytes must be 0 (all) or more"),
+            (self.split in ("dev", "test", "all"), "--split must be dev, test or all"),
+        ]
+        raise_first_failure(checks)
+        self.budget_limit()
+        return self
+
+    def budget_limit(self) -> tuple[float | None, int | None]:
+        """(seconds, steps) from --budget; exactly one is set.
+
+        >>> HealOptions(budget="20m").budget_limit(), HealOptions(budget="300steps").budget_limit()
+        ((1200.0, None), (None, 300))
+        """
+        text = self.budget.strip().lower().replace(" ", "")
+        steps = re.fullmatch(r"(\d+)steps?", text)
+        minutes = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(?:m|min)?", text)
+        if steps and int(steps.group(1)) >= 1:
+            return None, int(steps.group(1))
+        if minutes and float(minutes.group(1)) > 0:
+            return float(minutes.group(1)) * 60.0, None
+        raise InputError(
+            f"Invalid option: --budget {self.budget!r} is neither minutes nor steps.",
+            "Give minutes ('20m' or '20') or optimizer steps ('300steps').",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,489 @@
+"""`tokenadapt heal`: train the rows a transplant estimated, with the transformer body frozen, on a text.
+
+    >>> result = heal("out/smollm2-qwen2", "out/smollm2-qwen2-healed", ["wiki-en", "debref-de", "code-py"])
+    >>> result.before["mean_ratio"], result.after["mean_ratio"]
+    (1.47, 1.30)
+
+Only the embedding rows of new tokens change (`--rows new`; input and output rows, or the one shared matrix of a
+tied model): a gradient mask zeroes every other row's gradient, and Adam without weight decay then leaves those
+rows byte-identical. Each text's held-out tail (`data.split_text`) is scored before training, every
+`eval_every` optimizer steps and at the end, with the same scoring code as `tokenadapt eval`; the rows of the best
+held-out score are kept, and training stops early after `patience` scorings without improvement. The budget
+(minutes or steps) covers the held-out scorings too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tokenadapt.checkpoint import assert_verified, load_causal_lm
+from tokenadapt.errors import InputError
+from tokenadapt.evaluation.scoring import encode_with_byte_ends, score_text, wants_bos
+from tokenadapt.file_level import verify_directory
+from tokenadapt.healing.data import HealText, Sequence, load_heal_texts, make_sequences, take_turns
+from tokenadapt.healing.objectives import chunk_distillation_terms, token_log_probs
+from tokenadapt.options import FULL_VERIFY_MAX_GB, EvalOptions, HealOptions, TransplantOptions
+from tokenadapt.output import check_output_path, staged_output
+from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
+from tokenadapt.tokenizer_io import load_tokenizer
+from tokenadapt.vocab import MatchMode, align_vocabularies, build_vocabulary
+from tokenadapt.zoo import resolve_model
+
+log = logging.getLogger("tokenadapt")
+HEAL_REPORT = "heal_report.json"
+TRANSPLANT_REPORT = "transplant_report.json"
+
+
+@dataclass
+class HealResult:
+    """What a heal did (saved as heal_report.json): held-out bits per byte before, during and after, and its cost.
+
+    `curve[i]`: step, minutes since training began, tokens trained, held-out bits per byte per text and their
+    mean, and, with a teacher, `mean_ratio` (the mean over texts of bits per byte / the teacher's).
+    """
+
+    out_dir: str
+    model: str
+    teacher: str | None
+    objective: str
+    options: dict[str, Any]
+    texts: list[dict[str, Any]]
+    rows: dict[str, Any]
+    teacher_bits_per_byte: dict[str, float] | None
+    curve: list[dict[str, Any]]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    best_step: int
+    steps: int
+    tokens_trained: int
+    stopped: str
+    timings: dict[str, float]
+    peak_rss_mb: float
+    versions: dict[str, str]
+    transplant: dict[str, Any] | None = None
+    command: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def gap_recovered(self) -> float | None:
+        """Share of the zero-shot gap to the teacher closed on held-out text: 1 - (after - 1) / (before - 1)."""
+        before, after = self.before.get("mean_ratio"), self.after.get("mean_ratio")
+        if before is None or after is None or before <= 1.0:
+            return None
+        return 1.0 - (after - 1.0) / (before - 1.0)
+
+    def to_markdown(self) -> str:
+        names = [t["name"] for t in self.texts]
+        headers = ["text", "held-out bytes", "bits/byte before", "bits/byte after"]
+        if self.teacher_bits_per_byte:
+            headers += ["teacher bits/byte", "ratio before", "ratio after"]
+        table = []
+        for text, name in zip(self.texts, names, strict=True):
+            row: list[Any] = [name, text["held_out_bytes"], self.before["bits_per_byte"][name]]
+            row.append(self.after["bits_per_byte"][name])
+            if self.teacher_bits_per_byte:
+                teacher = self.teacher_bits_per_byte[name]
+                row += [teacher, f"{self.before['ratio'][name]:.3f}x", f"{self.after['ratio'][name]:.3f}x"]
+            table.append(row)
+        lines = [
+            f"## Heal: {self.model} ({self.objective}, rows {self.options['rows']})",
+            "",
+            f"Output: `{self.out_dir}`; trained {self.rows['trained']} of {self.rows['total']} rows "
+            f"for {self.steps} steps ({self.tokens_trained} tokens); kept step {self.best_step}; stopped: "
+            f"{self.stopped}.",
+            "",
+            markdown_table(headers, table),
+            "",
+        ]
+        recovered = self.gap_recovered
+        if recovered is not None:
+            lines.append(
+                f"Mean held-out ratio to the teacher: {self.before['mean_ratio']:.3f}x -> "
+                f"{self.after['mean_ratio']:.3f}x ({recovered:.0%} of the gap closed)."
+            )
+        lines.append(time_and_memory_line(self.timings, self.peak_rss_mb))
+        lines += [f"Warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Trainable:
+    """The parameters being trained (one for a tied model, two when untied) and the mask of rows that may change."""
+
+    parameters: list[torch.nn.Parameter]
+    mask: torch.Tensor  # bool [rows]
+
+    def snapshot(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.parameters]
+
+    def restore(self, saved: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for parameter, values in zip(self.parameters, saved, strict=True):
+                parameter.copy_(values)
+
+
+def heal(
+    model: str | Path,
+    out: str | Path,
+    texts: list[str],
+    options: HealOptions | None = None,
+    progress: bool = False,
+    command: str | None = None,
+) -> HealResult:
+    """Heal the transplanted model at `model` on `texts` and write the result to `out`; see the module docstring."""
+    options = (options or HealOptions()).validated()
+    budget_seconds, budget_steps = options.budget_limit()
+    timings = Timings()
+    out_path = Path(out)
+    with timings.stage("load"):
+        resolved = resolve_model(str(model))
+        check_output_path(out_path, [resolved.path], options.overwrite)
+        transplant_report = _read_transplant_report(resolved.path)
+        teacher_spec = options.teacher or _teacher_from_report(transplant_report)
+        if options.objective == "distill" and not teacher_spec:
+            raise InputError(
+                "--objective distill needs the original model as teacher, and none is known.",
+                "Add --teacher MODEL (the model the transplant started from).",
+            )
+        heal_texts = load_heal_texts(texts, options.split, options.held_out_bytes, options.max_train_bytes)
+        student = load_causal_lm(resolved.path)
+        stored_dtype = next(student.parameters()).dtype
+        student = student.float()
+        tokenizer = load_tokenizer(resolved.path)
+        teacher, teacher_tokenizer = (None, None)
+        if teacher_spec:
+            teacher_path = resolve_model(teacher_spec).path
+            teacher_tokenizer = load_tokenizer(teacher_path)
+            teacher = load_causal_lm(teacher_path).float()
+    teacher_rows = None if teacher is None else int(teacher.get_input_embeddings().weight.shape[0])
+    trainable = _trainable_rows(student, tokenizer, teacher_tokenizer, teacher_rows, options, transplant_report)
+    eval_options = EvalOptions(context=options.context, stride=options.context)
+    teacher_bpb: dict[str, float] | None = None
+    if teacher is not None:
+        with timings.stage("score teacher"):
+            teacher_bpb = {t.name: _held_out_bpb(teacher, teacher_tokenizer, t, eval_options) for t in heal_texts}
+        if options.objective != "distill":
+            teacher = None  # frees its memory: ntp only needed its held-out scores
+    with timings.stage("tokenize"):
+        length = options.context - int(wants_bos(tokenizer, "auto"))
+        per_text = [make_sequences(tokenizer, t.train, i, length) for i, t in enumerate(heal_texts)]
+    trainer = _Trainer(student, tokenizer, teacher, teacher_tokenizer, trainable, options)
+    with timings.stage("train"):
+        curve, best_step, steps, tokens, stopped = trainer.run(
+            per_text, heal_texts, teacher_bpb, eval_options, budget_seconds, budget_steps, progress
+        )
+    best = next(point for point in curve if point["step"] == best_step)
+    result = HealResult(
+        out_dir=str(out_path),
+        model=str(model),
+        teacher=teacher_spec or None,
+        objective=options.objective,
+        options=options.to_dict(),
+        texts=[t.describe() for t in heal_texts],
+        rows={"trained": int(trainable.mask.sum()), "total": int(trainable.mask.numel()), "kind": options.rows},
+        teacher_bits_per_byte=teacher_bpb,
+        curve=curve,
+        before=_summary(curve[0], teacher_bpb),
+        after=_summary(best, teacher_bpb),
+        best_step=best_step,
+        steps=steps,
+        tokens_trained=tokens,
+        stopped=stopped,
+        timings=timings,
+        peak_rss_mb=0.0,
+        versions=versions(),
+        transplant=_transplant_summary(transplant_report),
+        command=command,
+    )
+    if any(text.split == "test" for text in heal_texts):
+        result.warnings.append("healed on a test split: `tokenadapt eval` on the same text is no longer unseen")
+    with staged_output(out_path, [resolved.path], options.overwrite) as tmp, timings.stage("save"):
+        student.to(stored_dtype).save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if transplant_report is not None:
+            shutil.copyfile(resolved.path / TRANSPLANT_REPORT, tmp / TRANSPLANT_REPORT)
+        verification = verify_directory(tmp, int(FULL_VERIFY_MAX_GB * 1e9))
+        assert_verified(verification)
+        result.peak_rss_mb = round(peak_rss_mb(), 1)
+        write_json(tmp / HEAL_REPORT, result.to_dict())
+        (tmp / "README.md").write_text(model_card(result), encoding="utf-8")
+    return result
+
+
+class _Trainer:
+    """The optimisation loop: accumulate `batch_size` sequences, step Adam, score the held-out tails now and then."""
+
+    def __init__(
+        self,
+        student: Any,
+        tokenizer: Any,
+        teacher: Any,
+        teacher_tokenizer: Any,
+        trainable: _Trainable,
+        options: HealOptions,
+    ) -> None:
+        self.student, self.tokenizer = student, tokenizer
+        self.teacher, self.teacher_tokenizer = teacher, teacher_tokenizer
+        self.trainable, self.options = trainable, options
+        self.bos = tokenizer.bos_token_id if wants_bos(tokenizer, "auto") else None
+        self.teacher_bos = (
+            teacher_tokenizer.bos_token_id if teacher is not None and wants_bos(teacher_tokenizer, "auto") else None
+        )
+        for parameter in student.parameters():
+            parameter.requires_grad_(False)
+        # rows this step may move: the trainable rows, narrowed to the batch's tokens with sparse updates
+        self.step_mask = trainable.mask.to(torch.float32).unsqueeze(1)
+        for parameter in trainable.parameters:
+            parameter.requires_grad_(True)
+            parameter.register_hook(lambda grad: grad * self.step_mask)
+        if not options.train_inputs:
+            # the input rows' output is cut from the graph, so nothing before the head is recorded or backpropagated
+            student.get_input_embeddings().register_forward_hook(lambda module, args, output: output.detach())
+        self.optimizer = torch.optim.Adam(trainable.parameters, lr=options.learning_rate, weight_decay=0.0)
+        warmup = max(options.warmup_steps, 1)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, (step + 1) / warmup))
+
+    def run(
+        self,
+        per_text: list[list[Sequence]],
+        texts: list[HealText],
+        teacher_bpb: dict[str, float] | None,
+        eval_options: EvalOptions,
+        budget_seconds: float | None,
+        budget_steps: int | None,
+        progress: bool,
+    ) -> tuple[list[dict[str, Any]], int, int, int, str]:
+        """(curve, best step, steps taken, tokens trained, why it stopped)."""
+        torch.manual_seed(self.options.seed)
+        stream = take_turns(per_text, self.options.seed)
+        start = time.perf_counter()
+        curve = [self._score(texts, teacher_bpb, eval_options, 0, 0, 0.0)]
+        eval_seconds = time.perf_counter() - start
+        best_value, best_step, best_rows = curve[0]["mean_bits_per_byte"], 0, self.trainable.snapshot()
+        stale, steps, tokens, step_seconds, stopped = 0, 0, 0, 0.0, "budget"
+        bar = tqdm(total=budget_steps, desc="heal", unit="step", disable=not progress)
+        bar.set_postfix(held_out_bpb=f"{best_value:.4f}")
+        while True:
+            elapsed = time.perf_counter() - start
+            if budget_steps is not None and steps >= budget_steps:
+                break
+            if budget_seconds is not None and elapsed + step_seconds + eval_seconds > budget_seconds:
+                break
+            step_start = time.perf_counter()
+            batch = [next(stream)[0] for _ in range(self.options.batch_size)]
+            loss = self._step(batch)
+            if not math.isfinite(loss):
+                stopped = f"loss became {loss} at step {steps + 1}: lower --learning-rate"
+                break
+            steps += 1
+            tokens += sum(len(s.ids) for s in batch)
+            step_seconds = time.perf_counter() - step_start
+            bar.update(1)
+            if steps % self.options.eval_every:
+                continue
+            eval_start = time.perf_counter()
+            point = self._score(texts, teacher_bpb, eval_options, steps, tokens, time.perf_counter() - start)
+            eval_seconds = time.perf_counter() - eval_start
+            point["minutes"] = round((time.perf_counter() - start) / 60, 3)
+            curve.append(point)
+            bar.set_postfix(held_out_bpb=f"{point['mean_bits_per_byte']:.4f}", loss=f"{loss:.3f}")
+            if point["mean_bits_per_byte"] < best_value:
+                best_value, best_step, stale = point["mean_bits_per_byte"], steps, 0
+                best_rows = self.trainable.snapshot()
+            else:
+                stale += 1
+                if stale >= self.options.patience:
+                    stopped = f"early stop: no held-out improvement in {stale} scorings"
+                    break
+        if curve[-1]["step"] != steps and stopped == "budget":
+            point = self._score(texts, teacher_bpb, eval_options, steps, tokens, time.perf_counter() - start)
+            point["minutes"] = round((time.perf_counter() - start) / 60, 3)
+            curve.append(point)
+            if point["mean_bits_per_byte"] < best_value:
+                best_step, best_rows = steps, self.trainable.snapshot()
+        bar.close()
+        self.trainable.restore(best_rows)
+        return curve, best_step, steps, tokens, stopped
+
+    def _step(self, batch: list[Sequence]) -> float:
+        """One optimizer step over `batch` (one sequence in memory at a time); returns the batch's mean loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.options.sparse_updates:
+            present = torch.zeros(self.trainable.mask.numel(), dtype=torch.bool)
+            present[torch.from_numpy(np.concatenate([s.ids for s in batch]))] = True
+            self.step_mask = (self.trainable.mask & present).to(torch.float32).unsqueeze(1)
+        if self.options.objective == "ntp":
+            weights = [len(s.ids) - (self.bos is None) for s in batch]
+        else:
+            weights = [1] * len(batch)
+        total_weight, total_loss = max(sum(weights), 1), 0.0
+        for sequence, weight in zip(batch, weights, strict=True):
+            if self.options.objective == "ntp":
+                loss = self._ntp_loss(sequence)  # summed nats: the batch mean is per token
+            else:
+                loss = self._distill_loss(sequence) * weight
+            (loss / total_weight).backward()
+            total_loss += float(loss.detach())
+        self.optimizer.step()
+        self.schedule.step()
+        return total_loss / total_weight
+
+    def _log_probs(self, model: Any, ids: np.ndarray, bos: int | None) -> torch.Tensor:
+        """Log-probability of each token of `ids` under `model`: [T]; token 0 gets 0 without bos (no prediction)."""
+        tokens = torch.from_numpy(np.concatenate([[bos], ids]) if bos is not None else ids).unsqueeze(0)
+        logits = model(input_ids=tokens).logits[0, :-1]
+        scored = token_log_probs(logits, tokens[0, 1:])
+        return scored if bos is not None else torch.cat([scored.new_zeros(1), scored])
+
+    def _ntp_loss(self, sequence: Sequence) -> torch.Tensor:
+        return -self._log_probs(self.student, sequence.ids, self.bos).sum()
+
+    def _distill_loss(self, sequence: Sequence) -> torch.Tensor:
+        teacher_ids, teacher_ends = encode_with_byte_ends(self.teacher_tokenizer, sequence.text)
+        if len(teacher_ids) < 2:
+            return torch.zeros((), requires_grad=True)
+        with torch.no_grad():
+            teacher_lp = self._log_probs(self.teacher, np.asarray(teacher_ids, dtype=np.int64), self.teacher_bos)
+        student_lp = self._log_probs(self.student, sequence.ids, self.bos)
+        terms = chunk_distillation_terms(student_lp, sequence.byte_ends, teacher_lp, teacher_ends)
+        return terms.mean() if terms.numel() else student_lp.sum() * 0.0
+
+    def _score(
+        self,
+        texts: list[HealText],
+        teacher_bpb: dict[str, float] | None,
+        eval_options: EvalOptions,
+        step: int,
+        tokens: int,
+        seconds: float,
+    ) -> dict[str, Any]:
+        bpb = {t.name: _held_out_bpb(self.student, self.tokenizer, t, eval_options) for t in texts}
+        point: dict[str, Any] = {
+            "step": step,
+            "minutes": round(seconds / 60, 3),
+            "tokens": tokens,
+            "bits_per_byte": bpb,
+            "mean_bits_per_byte": float(np.mean(list(bpb.values()))),
+        }
+        if teacher_bpb:
+            point["mean_ratio"] = float(np.mean([bpb[name] / teacher_bpb[name] for name in bpb]))
+        return point
+
+
+def _held_out_bpb(model: Any, tokenizer: Any, text: HealText, options: EvalOptions) -> float:
+    return score_text(model, tokenizer, text.held_out, options).bits_per_byte
+
+
+def _summary(point: dict[str, Any], teacher_bpb: dict[str, float] | None) -> dict[str, Any]:
+    summary: dict[str, Any] = {"step": point["step"], "bits_per_byte": point["bits_per_byte"]}
+    if teacher_bpb:
+        summary["ratio"] = {name: value / teacher_bpb[name] for name, value in point["bits_per_byte"].items()}
+        summary["mean_ratio"] = point["mean_ratio"]
+    return summary
+
+
+def _trainable_rows(
+    student: Any,
+    tokenizer: Any,
+    teacher_tokenizer: Any,
+    teacher_rows: int | None,
+    options: HealOptions,
+    transplant_report: dict[str, Any] | None,
+) -> _Trainable:
+    """The embedding parameters and which of their rows heal may change (`--rows new`: those not copied)."""
+    input_weight = student.get_input_embeddings().weight
+    head = student.get_output_embeddings()
+    parameters = [input_weight]
+    if head is not None and head.weight.data_ptr() != input_weight.data_ptr():
+        parameters.append(head.weight)
+    rows = int(input_weight.shape[0])
+    mask = torch.ones(rows, dtype=torch.bool)
+    if options.rows == "new":
+        if teacher_tokenizer is None or teacher_rows is None:
+            raise InputError(
+                "--rows new needs to know which rows the transplant estimated, and no original model is known.",
+                "Add --teacher MODEL (the model the transplant started from), or train every row with --rows all.",
+            )
+        match = (transplant_report or {}).get("options", {}).get("match", TransplantOptions.match)
+        old_vocab, new_vocab = build_vocabulary(teacher_tokenizer), build_vocabulary(tokenizer)
+        alignment = align_vocabularies(old_vocab, new_vocab, teacher_rows, MatchMode(match))
+        mask = torch.zeros(rows, dtype=torch.bool)
+        estimated = torch.from_numpy(alignment.estimated_ids)
+        mask[estimated[estimated < rows]] = True
+    return _Trainable(parameters, mask)
+
+
+def _read_transplant_report(path: Path) -> dict[str, Any] | None:
+    report = path / TRANSPLANT_REPORT
+    if not report.is_file():
+        return None
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(
+            f"{report} cannot be read ({error}).", "Restore it from the transplant's output, or delete it."
+        ) from error
+    return data if isinstance(data, dict) else None
+
+
+def _teacher_from_report(report: dict[str, Any] | None) -> str:
+    """The original model of a transplant: its built-in name, else the folder it was read from."""
+    model = (report or {}).get("model", {})
+    if model.get("builtin"):
+        return str(model.get("name", ""))
+    path = model.get("path")
+    return str(path) if path and Path(path).exists() else ""
+
+
+def _transplant_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {
+        "model": report.get("model", {}).get("name"),
+        "tokenizer": report.get("tokenizer", {}).get("name"),
+        "method": report.get("method"),
+        "counts": report.get("counts"),
+        "command": report.get("command"),
+    }
+
+
+def model_card(result: HealResult) -> str:
+    """README.md for a healed directory: the whole history, transplant then heal."""
+    history = []
+    if result.transplant:
+        t = result.transplant
+        history.append(
+            f"1. Transplanted zero-shot from {t['model']} onto the {t['tokenizer']} tokenizer with method "
+            f"`{t['method']}`" + (f":\n   `{t['command']}`" if t.get("command") else ".")
+        )
+    recovered = result.gap_recovered
+    history.append(
+        f"{len(history) + 1}. Healed by tokenadapt {result.versions['tokenadapt']}: objective `{result.objective}`, "
+        f"{result.rows['trained']} embedding rows trained ({result.rows['kind']}), body frozen, "
+        f"{result.steps} steps on "
+        + ", ".join(t["name"] for t in result.texts)
+        + "."
+        + (f" Held-out gap to the original closed by {recovered:.0%}." if recovered is not None else "")
+    )
+    command = f"\n\n```\n{result.command}\n```" if result.command else ""
+    return (
+        "---\nlibrary_name: transformers\ntags:\n- tokenadapt\n- tokenizer-transplant\n- healed\n---\n\n"
+        f"# {Path(result.out_dir).name}\n\n" + "\n".join(history) + command + "\n\n"
+        "heal_report.json holds the held-out bits per byte before, during and after healing; "
+        "transplant_report.json (when present) the transplant's figures.\n"
+    )

@@ -1,0 +1,238 @@
+"""heal on tiny transplanted models: only new rows change, loss falls, held-out is honest, output is complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from tests.conftest import CORPUS
+from tokenadapt.cli import main
+from tokenadapt.errors import InputError
+from tokenadapt.evaluation.scoring import score_text
+from tokenadapt.healing import HEAL_REPORT, heal
+from tokenadapt.healing.data import split_text
+from tokenadapt.options import EvalOptions, HealOptions, TransplantOptions
+from tokenadapt.transplant import transplant
+from tokenadapt.vocab import align_vocabularies, build_vocabulary
+
+
+def quick(**overrides: object) -> HealOptions:
+    values: dict[str, object] = {
+        "budget": "6steps",
+        "context": 32,
+        "batch_size": 2,
+        "eval_every": 2,
+        "patience": 10,
+        "held_out_bytes": 400,
+        "learning_rate": 3e-2,
+        "warmup_steps": 1,
+    }
+    return HealOptions(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def heal_text(tmp_path: Path) -> Path:
+    path = tmp_path / "heal.txt"
+    path.write_text("\n".join(CORPUS), encoding="utf-8")
+    return path
+
+
+def transplanted(tmp_path: Path, model_dir: Path, tokenizer_dir: Path, embedder: Path) -> Path:
+    out = tmp_path / f"zero-shot-{model_dir.name}"
+    transplant(model_dir, tokenizer_dir, out, TransplantOptions(embedder=str(embedder)))
+    return out
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_only_the_new_rows_change(
+    tmp_path: Path,
+    tied_model_dir: Path,
+    untied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+    heal_text: Path,
+    tied: bool,
+) -> None:
+    original = tied_model_dir if tied else untied_model_dir
+    zero_shot = transplanted(tmp_path, original, new_tokenizer_dir, tiny_embedder_dir)
+    result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], quick())
+    assert result.best_step > 0 and result.teacher == str(original)
+
+    before = load_file(str(zero_shot / "model.safetensors"))
+    after = load_file(str(tmp_path / "healed" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    alignment = align_vocabularies(
+        build_vocabulary(AutoTokenizer.from_pretrained(original)),
+        build_vocabulary(AutoTokenizer.from_pretrained(zero_shot)),
+        len(AutoTokenizer.from_pretrained(original)),
+    )
+    new_rows = torch.zeros(len(alignment.kinds), dtype=torch.bool)
+    new_rows[torch.from_numpy(alignment.estimated_ids)] = True
+    assert result.rows["trained"] == int(new_rows.sum())
+    embedding_names = [name for name in before if "embed_tokens" in name or "lm_head" in name]
+    assert len(embedding_names) == (1 if tied else 2)
+    for name, tensor in before.items():
+        if name in embedding_names:
+            assert torch.equal(after[name][~new_rows], tensor[~new_rows]), name  # copied rows byte-identical
+            assert not torch.equal(after[name][new_rows], tensor[new_rows]), name  # new rows trained
+        else:
+            assert torch.equal(after[name], tensor), name  # the frozen body, byte for byte
+
+
+def test_training_loss_falls_and_held_out_is_never_trained_on(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    options = quick(objective="ntp")
+    result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], options)
+    parts = split_text(heal_text.read_text(), "t", options.held_out_bytes, 0)
+    described = result.texts[0]
+    assert described["train_bytes"] + described["held_out_bytes"] == len(heal_text.read_bytes())
+    assert described["held_out_sha256"] == hashlib.sha256(parts.held_out.encode()).hexdigest()
+
+    from tokenadapt.evaluation.evaluator import load_scored_model
+
+    scoring = EvalOptions(context=32, stride=31)
+    losses = []
+    for directory in (zero_shot, tmp_path / "healed"):
+        model, tokenizer = load_scored_model(directory)
+        losses.append(score_text(model, tokenizer, parts.train, scoring).bits_per_byte)
+    assert losses[1] < losses[0] * 0.95
+    name = described["name"]
+    assert result.after["bits_per_byte"][name] < result.before["bits_per_byte"][name]
+    assert [p["step"] for p in result.curve] == [0, 2, 4, 6]
+    teacher = result.teacher_bits_per_byte
+    assert teacher is not None
+    assert result.before["mean_ratio"] == pytest.approx(result.before["bits_per_byte"][name] / teacher[name])
+
+
+def test_distillation_heals_and_the_output_carries_the_history(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    out = tmp_path / "healed"
+    result = heal(zero_shot, out, [str(heal_text)], quick(objective="distill"), command="tokenadapt heal ...")
+    # the tiny teacher is random, so matching it moves the student's held-out likelihood towards the teacher's
+    # (here: worse); every scoring is in the curve, while the kept rows are those of the best held-out score
+    ratios = [point["mean_ratio"] for point in result.curve]
+    assert abs(ratios[-1] - 1) < abs(ratios[0] - 1)
+    assert result.best_step == min(result.curve, key=lambda p: p["mean_bits_per_byte"])["step"]
+    report = json.loads((out / HEAL_REPORT).read_text())
+    assert report["objective"] == "distill" and report["transplant"]["method"] == "hybrid"
+    assert (out / "transplant_report.json").read_bytes() == (zero_shot / "transplant_report.json").read_bytes()
+    card = (out / "README.md").read_text()
+    assert "Transplanted zero-shot" in card and "Healed by tokenadapt" in card
+    assert "tokenadapt heal ..." in card
+
+
+def test_same_seed_gives_identical_weights(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    digests = []
+    for name in ("a", "b"):
+        heal(zero_shot, tmp_path / name, [str(heal_text)], quick(budget="3steps", eval_every=3))
+        digests.append(hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_rows_all_needs_no_teacher_and_rows_new_says_how_to_name_one(
+    tmp_path: Path, tied_model_dir: Path, heal_text: Path
+) -> None:
+    with pytest.raises(InputError, match="--teacher"):
+        heal(tied_model_dir, tmp_path / "x", [str(heal_text)], quick())
+    assert not (tmp_path / "x").exists()
+    result = heal(tied_model_dir, tmp_path / "all", [str(heal_text)], quick(rows="all", budget="2steps"))
+    assert result.rows["trained"] == result.rows["total"] and result.teacher_bits_per_byte is None
+
+
+def test_cli_heal_reports_bad_input_without_a_traceback(
+    tmp_path: Path, tied_model_dir: Path, heal_text: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["-q", "heal", str(tied_model_dir), str(tmp_path / "o"), "--text", str(heal_text), "--budget", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--budget 'x'" in err and "Traceback" not in err
+    short = tmp_path / "short.txt"
+    short.write_text("too short", encoding="utf-8")
+    code = main(["-q", "heal", str(tied_model_dir), str(tmp_path / "o"), "--text", str(short), "--rows", "all"])
+    assert code == 2 and "held-out-bytes" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    code = main(
+        [
+            "-q",
+            "heal",
+            str(tied_model_dir),
+            str(tmp_path / "o"),
+            "--text",
+            str(heal_text),
+            "--rows",
+            "all",
+            "--budget",
+            "1steps",
+            "--context",
+            "32",
+            "--held-out-bytes",
+            "400",
+        ]
+    )
+    assert code == 0 and "## Heal:" in capsys.readouterr().out
+
+
+def test_a_failed_check_leaves_no_output_and_the_input_untouched(
+    tmp_path: Path,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+    heal_text: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tokenadapt.checkpoint import Verification
+    from tokenadapt.errors import TokenAdaptError
+    from tokenadapt.healing import trainer
+
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    before = {p.name: p.read_bytes() for p in zero_shot.iterdir()}
+    failing = Verification(checks={"finite_values": False}, problems=["NaN in the embeddings"])
+    monkeypatch.setattr(trainer, "verify_directory", lambda *args, **kwargs: failing)
+    with pytest.raises(TokenAdaptError, match="NaN"):
+        heal(zero_shot, tmp_path / "healed", [str(heal_text)], quick(budget="1steps"))
+    assert not (tmp_path / "healed").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".healed")]  # no partial directory either
+    assert {p.name: p.read_bytes() for p in zero_shot.iterdir()} == before
+
+
+def test_sparse_updates_move_only_rows_of_tokens_in_the_text(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    tokenizer = AutoTokenizer.from_pretrained(zero_shot)
+    parts = split_text(heal_text.read_text(), "t", 400, 0)
+    in_text = torch.zeros(len(tokenizer), dtype=torch.bool)
+    in_text[torch.tensor(tokenizer(parts.train, add_special_tokens=False).input_ids)] = True
+    before = load_file(str(zero_shot / "model.safetensors"))["model.embed_tokens.weight"]
+    moved = {}
+    for sparse in (True, False):
+        out = tmp_path / f"sparse-{sparse}"
+        heal(zero_shot, out, [str(heal_text)], quick(sparse_updates=sparse, budget="2steps", eval_every=2))
+        after = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
+        moved[sparse] = (after != before).any(dim=1)
+    assert moved[True].any() and not (moved[True] & ~in_text).any()  # sparse: only tokens of the text
+    assert (moved[False] & ~in_text).any()  # dense: the softmax gradient reaches tokens the text never uses
+
+
+def test_without_train_inputs_an_untied_model_keeps_its_input_rows(
+    tmp_path: Path, untied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, untied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], quick(train_inputs=False))
+    assert result.best_step > 0
+    before = load_file(str(zero_shot / "model.safetensors"))
+    after = load_file(str(tmp_path / "healed" / "model.safetensors"))
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])
