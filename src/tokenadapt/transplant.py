@@ -34,6 +34,7 @@ from tokenadapt.file_level import CheckpointPlan, Unsupported, plan_checkpoint, 
 from tokenadapt.method_inputs import Context, extra_inputs
 from tokenadapt.methods import get_method, required_needs
 from tokenadapt.methods.base import MethodInputs, MethodSpec
+from tokenadapt.methods.combine import candidate_mean
 from tokenadapt.methods.numbers import apply_numbers
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
@@ -484,7 +485,7 @@ def assemble_block(
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Rows `rest` (ascending new ids that copy no old row) [len(rest), c] from old columns [V_old, c] (float32):
     role-less specials, estimates, and the mean of the old rows for holes and padding."""
-    mean = _candidate_mean(old, inputs.old_candidates)
+    mean = candidate_mean(old, inputs.old_candidates)
     new = mean.expand(len(rest), -1).clone()  # holes and padding rows: never emitted, so the neutral mean is safest
     unmatched = alignment.ids_of(Assignment.SPECIAL_UNMATCHED)
     if unmatched.size:
@@ -498,14 +499,6 @@ def assemble_block(
         new[torch.from_numpy(np.searchsorted(rest, inputs.new_ids))] = estimate.rows
         paths = estimate.paths
     return new, paths
-
-
-def _candidate_mean(old: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """`candidate_mean` as one matrix-vector product (no gathered copy of the candidate rows)."""
-    count = int(candidates.sum())
-    if count == 0:
-        return old.mean(dim=0)
-    return (candidates.to(old.dtype) @ old) / count
 
 
 _TEMPLATE_TOKEN = re.compile(r"<[^<>\s]{1,40}>|\[[A-Z_/]{2,30}\]")
