@@ -291,6 +291,11 @@ class HealOptions:
         "trainable row, and Adam's per-row scaling turns its tiny pushes on unseen tokens into full-size steps",
     )
     warmup_steps: int = _opt(4, "linear learning-rate warmup over this many optimizer steps")
+    decay: str = _opt(
+        "constant",
+        "after warm-up: 'constant', or 'linear' down to 0 at the end of the budget (by steps, or by time for a "
+        "minutes budget)",
+    )
     context: int = _opt(512, "tokens per training sequence")
     batch_size: int = _opt(2, "sequences per optimizer step (processed one at a time: memory stays one sequence's)")
     eval_every: int = _opt(8, "score the held-out slice every N optimizer steps")
@@ -307,6 +312,7 @@ class HealOptions:
             (self.rows in HEAL_ROWS, f"--rows must be one of {', '.join(HEAL_ROWS)}"),
             (self.learning_rate > 0, "--learning-rate must be positive"),
             (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
+            (self.decay in ("constant", "linear"), "--decay must be constant or linear"),
             (self.context >= 8, "--context must be at least 8"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.eval_every >= 1, "--eval-every must be at least 1"),

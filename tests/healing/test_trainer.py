@@ -236,3 +236,17 @@ def test_without_train_inputs_an_untied_model_keeps_its_input_rows(
     after = load_file(str(tmp_path / "healed" / "model.safetensors"))
     assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
     assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])
+
+
+def test_learning_rate_warms_up_then_stays_or_decays_with_the_budget() -> None:
+    from tokenadapt.healing.trainer import learning_rate
+
+    constant = HealOptions(learning_rate=0.01, warmup_steps=4)
+    rates = [learning_rate(constant, s, 0.5) for s in range(6)]
+    assert rates == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+    linear = HealOptions(learning_rate=0.01, warmup_steps=4, decay="linear")
+    assert learning_rate(linear, 10, 0.0) == pytest.approx(0.01)
+    assert learning_rate(linear, 10, 0.9) == pytest.approx(0.001)
+    assert learning_rate(linear, 10, 1.2) == 0.0
+    with pytest.raises(InputError, match="--decay"):
+        HealOptions(decay="cosine").validated()

@@ -255,8 +255,6 @@ class _Trainer:
             # the input rows' output is cut from the graph, so nothing before the head is recorded or backpropagated
             student.get_input_embeddings().register_forward_hook(lambda module, args, output: output.detach())
         self.optimizer = torch.optim.Adam(trainable.parameters, lr=options.learning_rate, weight_decay=0.0)
-        warmup = max(options.warmup_steps, 1)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, (step + 1) / warmup))
 
     def run(
         self,
@@ -284,6 +282,11 @@ class _Trainer:
                 break
             if budget_seconds is not None and elapsed + step_seconds + eval_seconds > budget_seconds:
                 break
+            used = max(  # share of the budget spent
+                steps / budget_steps if budget_steps else 0.0,
+                elapsed / budget_seconds if budget_seconds else 0.0,
+            )
+            self._set_learning_rate(steps, used)
             step_start = time.perf_counter()
             batch = [next(stream)[0] for _ in range(self.options.batch_size)]
             loss = self._step(batch)
@@ -320,6 +323,10 @@ class _Trainer:
         self.trainable.restore(best_rows)
         return curve, best_step, steps, tokens, stopped
 
+    def _set_learning_rate(self, step: int, used: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.options, step, used)
+
     def _step(self, batch: list[Sequence]) -> float:
         """One optimizer step over `batch` (one sequence in memory at a time); returns the batch's mean loss."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -340,7 +347,6 @@ class _Trainer:
             (loss / total_weight).backward()
             total_loss += float(loss.detach())
         self.optimizer.step()
-        self.schedule.step()
         return total_loss / total_weight
 
     def _log_probs(self, model: Any, ids: np.ndarray, bos: int | None) -> torch.Tensor:
@@ -383,6 +389,21 @@ class _Trainer:
         if teacher_bpb:
             point["mean_ratio"] = float(np.mean([bpb[name] / teacher_bpb[name] for name in bpb]))
         return point
+
+
+def learning_rate(options: HealOptions, step: int, used: float) -> float:
+    """The learning rate of optimizer step `step` (0-based) when `used` of the budget is spent.
+
+    Linear warm-up over `warmup_steps`, then constant, or with `--decay linear` falling to 0 as `used` -> 1.
+
+    >>> learning_rate(HealOptions(learning_rate=1.0, warmup_steps=4), 0, 0.0)
+    0.25
+    >>> learning_rate(HealOptions(learning_rate=1.0, warmup_steps=4, decay="linear"), 8, 0.75)
+    0.25
+    """
+    warmup = min(1.0, (step + 1) / max(options.warmup_steps, 1))
+    decay = max(1.0 - used, 0.0) if options.decay == "linear" else 1.0
+    return options.learning_rate * warmup * decay
 
 
 def _held_out_bpb(model: Any, tokenizer: Any, text: HealText, options: EvalOptions) -> float:
