@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from tokenadapt.checkpoint import assert_verified, load_causal_lm
 from tokenadapt.errors import InputError
+from tokenadapt.evaluation.evaluator import load_scored_model
 from tokenadapt.evaluation.scoring import encode_with_byte_ends, score_text, wants_bos
 from tokenadapt.file_level import verify_directory
 from tokenadapt.healing.data import HealText, Sequence, load_heal_texts, make_sequences, take_turns
@@ -38,12 +39,12 @@ from tokenadapt.options import FULL_VERIFY_MAX_GB, EvalOptions, HealOptions, Tra
 from tokenadapt.output import check_output_path, staged_output
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
 from tokenadapt.tokenizer_io import load_tokenizer
+from tokenadapt.transplant import REPORT_NAME
 from tokenadapt.vocab import MatchMode, align_vocabularies, build_vocabulary
 from tokenadapt.zoo import resolve_model
 
 log = logging.getLogger("tokenadapt")
 HEAL_REPORT = "heal_report.json"
-TRANSPLANT_REPORT = "transplant_report.json"
 
 
 @dataclass
@@ -88,12 +89,12 @@ class HealResult:
         return 1.0 - (after - 1.0) / (before - 1.0)
 
     def to_markdown(self) -> str:
-        names = [t["name"] for t in self.texts]
         headers = ["text", "held-out bytes", "bits/byte before", "bits/byte after"]
         if self.teacher_bits_per_byte:
             headers += ["teacher bits/byte", "ratio before", "ratio after"]
         table = []
-        for text, name in zip(self.texts, names, strict=True):
+        for text in self.texts:
+            name = text["name"]
             row: list[Any] = [name, text["held_out_bytes"], self.before["bits_per_byte"][name]]
             row.append(self.after["bits_per_byte"][name])
             if self.teacher_bits_per_byte:
@@ -167,9 +168,8 @@ def heal(
         tokenizer = load_tokenizer(resolved.path)
         teacher, teacher_tokenizer = (None, None)
         if teacher_spec:
-            teacher_path = resolve_model(teacher_spec).path
-            teacher_tokenizer = load_tokenizer(teacher_path)
-            teacher = load_causal_lm(teacher_path).float()
+            teacher, teacher_tokenizer = load_scored_model(teacher_spec)
+            teacher = teacher.float()
     teacher_rows = None if teacher is None else int(teacher.get_input_embeddings().weight.shape[0])
     trainable = _trainable_rows(student, tokenizer, teacher_tokenizer, teacher_rows, options, transplant_report)
     eval_options = EvalOptions(context=options.context, stride=options.context)
@@ -216,7 +216,7 @@ def heal(
         student.to(stored_dtype).save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if transplant_report is not None:
-            shutil.copyfile(resolved.path / TRANSPLANT_REPORT, tmp / TRANSPLANT_REPORT)
+            shutil.copyfile(resolved.path / REPORT_NAME, tmp / REPORT_NAME)
         verification = verify_directory(tmp, int(FULL_VERIFY_MAX_GB * 1e9))
         assert_verified(verification)
         result.peak_rss_mb = round(peak_rss_mb(), 1)
@@ -270,7 +270,7 @@ class _Trainer:
         torch.manual_seed(self.options.seed)
         stream = take_turns(per_text, self.options.seed)
         start = time.perf_counter()
-        curve = [self._score(texts, teacher_bpb, eval_options, 0, 0, 0.0)]
+        curve = [{**self._score(texts, teacher_bpb, eval_options, 0, 0, start), "minutes": 0.0}]  # before training
         eval_seconds = time.perf_counter() - start
         best_value, best_step, best_rows = curve[0]["mean_bits_per_byte"], 0, self.trainable.snapshot()
         stale, steps, tokens, step_seconds, stopped = 0, 0, 0, 0.0, "budget"
@@ -300,9 +300,8 @@ class _Trainer:
             if steps % self.options.eval_every:
                 continue
             eval_start = time.perf_counter()
-            point = self._score(texts, teacher_bpb, eval_options, steps, tokens, time.perf_counter() - start)
+            point = self._score(texts, teacher_bpb, eval_options, steps, tokens, start)
             eval_seconds = time.perf_counter() - eval_start
-            point["minutes"] = round((time.perf_counter() - start) / 60, 3)
             curve.append(point)
             bar.set_postfix(held_out_bpb=f"{point['mean_bits_per_byte']:.4f}", loss=f"{loss:.3f}")
             if point["mean_bits_per_byte"] < best_value:
@@ -314,8 +313,7 @@ class _Trainer:
                     stopped = f"early stop: no held-out improvement in {stale} scorings"
                     break
         if curve[-1]["step"] != steps and stopped == "budget":
-            point = self._score(texts, teacher_bpb, eval_options, steps, tokens, time.perf_counter() - start)
-            point["minutes"] = round((time.perf_counter() - start) / 60, 3)
+            point = self._score(texts, teacher_bpb, eval_options, steps, tokens, start)
             curve.append(point)
             if point["mean_bits_per_byte"] < best_value:
                 best_step, best_rows = steps, self.trainable.snapshot()
@@ -376,12 +374,13 @@ class _Trainer:
         eval_options: EvalOptions,
         step: int,
         tokens: int,
-        seconds: float,
+        start: float,
     ) -> dict[str, Any]:
+        """A curve point: held-out scores after `step` steps; `minutes` since `start`, this scoring included."""
         bpb = {t.name: _held_out_bpb(self.student, self.tokenizer, t, eval_options) for t in texts}
         point: dict[str, Any] = {
             "step": step,
-            "minutes": round(seconds / 60, 3),
+            "minutes": round((time.perf_counter() - start) / 60, 3),
             "tokens": tokens,
             "bits_per_byte": bpb,
             "mean_bits_per_byte": float(np.mean(list(bpb.values()))),
@@ -450,7 +449,7 @@ def _trainable_rows(
 
 
 def _read_transplant_report(path: Path) -> dict[str, Any] | None:
-    report = path / TRANSPLANT_REPORT
+    report = path / REPORT_NAME
     if not report.is_file():
         return None
     try:
