@@ -1,7 +1,8 @@
 """What the text-, donor- and number-based methods need, computed once per transplant (the I/O lives here, so the
 methods in `methods/` stay pure functions on tensors).
 
-- "text" (`align`): the `--text` documents tokenized with both tokenizers and the byte-overlap count matrix.
+- "text" (`align`): the `--text` documents tokenized with both tokenizers and the byte-overlap count matrix; with
+  `--parallel-text`, the two texts' lines tokenized one with each tokenizer and the IBM Model 1 count matrix.
 - "focus" (`focus`): fastText vectors trained on the text tokenized with the new tokenizer, then FOCUS weights.
 - "donor" (`omp`, `omp-hybrid`): the donor model's embeddings of the new and the shared tokens, then OMP codes.
 - `--numbers auto`: the number-token plan, for any method.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from tokenadapt.errors import InputError
-from tokenadapt.methods.align import TokenSpans, text_counts, token_spans
+from tokenadapt.methods.align import TokenSpans, count_matrix, parallel_counts, text_counts, token_spans
 from tokenadapt.methods.base import Need, SparseCombination
 from tokenadapt.methods.combine import sparse_matrix
 from tokenadapt.methods.focus import focus_weights
@@ -36,6 +37,7 @@ from tokenadapt.vocab import Alignment, Assignment, Vocabulary, build_vocabulary
 from tokenadapt.zoo.cache import cache_path, read_checked_array, write_checked_array
 
 log = logging.getLogger("tokenadapt")
+PARALLEL_MAX_PAIRS = 20_000_000  # token-position pairs the parallel aligner holds at once (about 1 GB)
 DONOR_COVERAGE = 0.99  # share of the new vocabulary a donor must have (by bytes) to count as using its tokenizer
 _FASTTEXT_SEPARATORS = str.maketrans({c: "\u2423" for c in " \n\r\t\v\f\0"})  # fastText splits words on these
 
@@ -64,6 +66,11 @@ def extra_inputs(needs: frozenset[Need], context: Context) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     notes: list[str] = []
     options = context.options
+    if "text" in needs and options.parallel_text.strip():
+        with context.timings.stage("align-parallel"):
+            fields["text_counts"], described = parallel_text_counts(context)
+        notes += _unplaced_note("align", fields["text_counts"], context, f"never occur in {described}")
+        needs = needs - {"text"}
     if needs & {"text", "focus"}:
         with context.timings.stage("text"):
             documents, described = load_documents(options.text, options.text_max_bytes)
@@ -99,6 +106,79 @@ def extra_inputs(needs: frozenset[Need], context: Context) -> dict[str, Any]:
         fields["numbers"] = number_plan(context.old_vocab, context.new_vocab, context.new_ids, context.old_candidates)
     fields["notes"] = tuple(notes)
     return fields
+
+
+def parallel_text_counts(context: Context) -> tuple[SparseCombination, str]:
+    """`align`'s count matrix from `--text` (new tokenizer) and `--parallel-text` (old tokenizer), and a description.
+
+    Documents pair in order and lines pair within a document; a document pair whose non-empty line counts differ is
+    skipped (and said), because a shifted line would align every later sentence with the wrong one.
+    """
+    options = context.options
+    new_docs, _ = load_documents(options.text)
+    old_docs, _ = load_documents(options.parallel_text)
+    if len(new_docs) != len(old_docs):
+        raise InputError(
+            f"--text {options.text} has {len(new_docs)} documents but --parallel-text {options.parallel_text} has "
+            f"{len(old_docs)}.",
+            "Pass two texts with the same documents in the same order (e.g. --text debref-de --parallel-text "
+            "debref-en), one translated sentence or paragraph per line.",
+        )
+    new_lines, old_lines, skipped = paired_lines(new_docs, old_docs, options.text_max_bytes)
+    if not new_lines:
+        raise InputError(
+            f"--text {options.text} and --parallel-text {options.parallel_text} have no document whose lines pair up "
+            f"({skipped} documents have different numbers of non-empty lines).",
+            "Give both texts one translated sentence or paragraph per line, in the same order.",
+        )
+    new_ids = _line_ids(context.new_vocab, new_lines)
+    old_ids = _line_ids(context.old_vocab, old_lines)
+    # the aligner holds every (new, old) position pair of a line pair: cap the total to bound memory (~1 GB)
+    pairs = np.cumsum([a.size * b.size for a, b in zip(new_ids, old_ids, strict=True)])
+    kept = int(np.searchsorted(pairs, PARALLEL_MAX_PAIRS, side="right"))
+    aligned = parallel_counts(new_ids[:kept], old_ids[:kept])
+    counts = count_matrix(*aligned, context.new_ids, context.old_candidates)
+    described = f"{kept:,} line pairs of --text {options.text} / --parallel-text {options.parallel_text}"
+    if kept < len(new_lines):
+        described += f" (the first {kept:,} of {len(new_lines):,}: the aligner holds {PARALLEL_MAX_PAIRS:,} pairs)"
+    if skipped:
+        described += f"; {skipped} document pairs skipped (their line counts differ)"
+    return counts, described
+
+
+def _line_ids(vocab: Vocabulary, lines: list[str], batch: int = 256) -> list[np.ndarray]:
+    """Token ids of each line, no special tokens added."""
+    ids: list[np.ndarray] = []
+    for first in range(0, len(lines), batch):
+        encoded = vocab.backend.encode_batch(lines[first : first + batch], add_special_tokens=False)
+        ids += [np.asarray(e.ids, dtype=np.int64) for e in encoded]
+    return ids
+
+
+def paired_lines(new_docs: list[str], old_docs: list[str], max_bytes: int = 0) -> tuple[list[str], list[str], int]:
+    """(new-side lines, old-side lines, documents skipped): the non-empty lines of each document pair, paired in
+    order, up to `max_bytes` UTF-8 bytes of the new side (0 = all).
+
+        >>> paired_lines(["Das Haus\n\nDer Hund"], ["The house\nThe dog"])
+        (['Das Haus', 'Der Hund'], ['The house', 'The dog'], 0)
+    """
+    new_lines: list[str] = []
+    old_lines: list[str] = []
+    skipped = 0
+    used = 0
+    for new_doc, old_doc in zip(new_docs, old_docs, strict=True):
+        new_part = [line.strip() for line in new_doc.splitlines() if line.strip()]
+        old_part = [line.strip() for line in old_doc.splitlines() if line.strip()]
+        if len(new_part) != len(old_part):
+            skipped += 1
+            continue
+        for new_line, old_line in zip(new_part, old_part, strict=True):
+            if max_bytes and used >= max_bytes:
+                return new_lines, old_lines, skipped
+            new_lines.append(new_line)
+            old_lines.append(old_line)
+            used += len(new_line.encode("utf-8"))
+    return new_lines, old_lines, skipped
 
 
 def _unplaced_note(method: str, combo: SparseCombination, context: Context, why: str) -> list[str]:

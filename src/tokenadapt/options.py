@@ -64,6 +64,11 @@ class TransplantOptions:
         "evaluation), a local file or directory; several joined by commas",
     )
     text_max_bytes: int = _opt(16_000_000, "align, focus: read at most this many UTF-8 bytes of --text (0 = all)")
+    parallel_text: str = _opt(
+        "",
+        "align: the same content as --text in the old model's language, line for line (built-in name or path); "
+        "new tokens are then aligned across languages by IBM Model 1 instead of by shared bytes",
+    )
     align_smoothing: float = _opt(
         1.0, "align: pseudo-count of the --fallback estimate mixed into each aligned token (0 = text counts only)"
     )
@@ -120,6 +125,11 @@ class TransplantOptions:
                 f"--method {self.method} learns from a text, and none was given.",
                 "Add --text NAME (a built-in text such as wiki-en, whose dev split is used) or --text PATH "
                 "(a UTF-8 file or directory), or choose another method.",
+            )
+        if self.parallel_text.strip() and self.method != "align":
+            raise InputError(
+                f"--parallel-text is read only by --method align, not {self.method}.",
+                "Add --method align, or drop --parallel-text.",
             )
         if self.method in ("omp", "omp-hybrid") and not self.donor.strip():
             raise InputError(
@@ -287,8 +297,9 @@ class HealOptions:
     )
     sparse_updates: bool = _opt(
         True,
-        "each step moves only the rows of tokens in its batch; off: the full-softmax gradient reaches every "
-        "trainable row, and Adam's per-row scaling turns its tiny pushes on unseen tokens into full-size steps",
+        "each step moves only the rows of tokens in its batch (lazy Adam: a row's moments change only then); off: "
+        "the full-softmax gradient reaches every trainable row, and Adam's per-row scaling turns its tiny pushes on "
+        "unseen tokens into full-size steps",
     )
     warmup_steps: int = _opt(4, "linear learning-rate warmup over this many optimizer steps")
     decay: str = _opt(

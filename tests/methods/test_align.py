@@ -12,9 +12,9 @@ from transformers import PreTrainedTokenizerFast
 
 from tests.methods.test_methods import CANDIDATE_MEAN, OLD, make_inputs
 from tokenadapt.errors import InputError
-from tokenadapt.method_inputs import load_documents
+from tokenadapt.method_inputs import load_documents, paired_lines
 from tokenadapt.methods import get_method, required_needs
-from tokenadapt.methods.align import TokenSpans, overlap_counts, text_counts, token_spans
+from tokenadapt.methods.align import TokenSpans, overlap_counts, parallel_counts, text_counts, token_spans
 from tokenadapt.methods.base import MethodInputs, SparseCombination
 from tokenadapt.methods.combine import sparse_matrix
 from tokenadapt.options import TransplantOptions
@@ -184,3 +184,56 @@ def test_align_end_to_end_reports_unseen_tokens(
     assert paths["align"] >= 1 and paths["fallback-hybrid"] >= 1
     assert paths["align"] + paths["fallback-hybrid"] == result.counts["estimated"]
     assert any(w.startswith("align:") and "never occur in --text" in w and "hybrid" in w for w in result.warnings)
+
+
+def test_parallel_counts_recover_a_known_dictionary_despite_reordering() -> None:
+    # new token 100 + w translates old token w; the old side is shuffled, so only co-occurrence can tell
+    rng = np.random.default_rng(0)
+    new_lines, old_lines = [], []
+    for _ in range(300):
+        words = rng.choice(20, size=int(rng.integers(2, 7)), replace=False)
+        new_lines.append(100 + words)
+        old_lines.append(rng.permutation(words))
+    new_ids, old_ids, counts = parallel_counts(new_lines, old_lines)
+    dense = np.zeros((120, 20))
+    np.add.at(dense, (new_ids, old_ids), counts)
+    assert (dense[100:].argmax(axis=1) == np.arange(20)).all()
+    occurrences = np.bincount(np.concatenate(new_lines), minlength=120)
+    assert np.allclose(dense.sum(axis=1), occurrences)  # each occurrence of t spreads exactly 1 over old tokens
+    assert (dense[100:].max(axis=1) / occurrences[100:] > 0.75).all()  # most of each token goes to its translation
+
+
+def test_parallel_counts_ignore_lines_with_an_empty_side_and_reject_unpaired_input() -> None:
+    new_ids, old_ids, counts = parallel_counts([np.array([5]), np.array([6, 7])], [np.array([1]), np.array([])])
+    assert new_ids.tolist() == [5] and old_ids.tolist() == [1] and counts.tolist() == [pytest.approx(1.0)]
+    with pytest.raises(ValueError, match="lines"):
+        parallel_counts([np.array([5])], [])
+
+
+def test_paired_lines_pair_within_documents_and_skip_documents_that_do_not_pair() -> None:
+    new_docs = ["Das Haus\n\nDer Hund\n", "eins\nzwei", "Katze"]
+    old_docs = ["The house\nThe dog", "one", "cat"]
+    assert paired_lines(new_docs, old_docs) == (["Das Haus", "Der Hund", "Katze"], ["The house", "The dog", "cat"], 1)
+    assert paired_lines(new_docs, old_docs, max_bytes=3) == (["Das Haus"], ["The house"], 0)
+
+
+def test_align_with_a_parallel_text_end_to_end(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    target, source = tmp_path / "de.txt", tmp_path / "en.txt"
+    target.write_text("Die Katze schläft.\nDer Hund bellt laut.\nDie Katze und der Hund.\n", encoding="utf-8")
+    source.write_text("The cat sleeps.\nThe dog barks loudly.\nThe cat and the dog.\n", encoding="utf-8")
+    options = TransplantOptions(
+        method="align", text=str(target), parallel_text=str(source), embedder=str(tiny_embedder_dir)
+    )
+    result = transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "out", options)
+    paths = result.method_paths["input"]
+    assert paths["align"] >= 1 and paths["align"] + paths["fallback-hybrid"] == result.counts["estimated"]
+    assert any("3 line pairs of --text" in w and "--parallel-text" in w for w in result.warnings)
+
+    source.write_text("The cat sleeps.\nThe dog barks loudly.\n", encoding="utf-8")
+    with pytest.raises(InputError, match="no document whose lines pair up"):
+        transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "out2", options)
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(InputError, match="--parallel-text is read only by --method align"):
+        TransplantOptions(method="hybrid", parallel_text=str(source)).validated()
