@@ -297,9 +297,14 @@ class HealOptions:
     )
     sparse_updates: bool = _opt(
         True,
-        "each step moves only the rows of tokens in its batch (lazy Adam: a row's moments change only then); off: "
-        "the full-softmax gradient reaches every trainable row, and Adam's per-row scaling turns its tiny pushes on "
-        "unseen tokens into full-size steps",
+        "each step's gradient reaches only the rows of tokens in its batch; off: the full-softmax gradient reaches "
+        "every trainable row, and Adam's per-row scaling turns its tiny pushes on unseen tokens into full-size steps",
+    )
+    optimizer: str = _opt(
+        "adam",
+        "adam: a row keeps moving on its momentum for some steps after its token left the batch (measured best); "
+        "lazy-adam: a row's value and moments change only at steps whose batch holds its token (with "
+        "--sparse-updates)",
     )
     warmup_steps: int = _opt(4, "linear learning-rate warmup over this many optimizer steps")
     decay: str = _opt(
@@ -324,6 +329,8 @@ class HealOptions:
             (self.learning_rate > 0, "--learning-rate must be positive"),
             (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
             (self.decay in ("constant", "linear"), "--decay must be constant or linear"),
+            (self.optimizer in ("adam", "lazy-adam"), "--optimizer must be adam or lazy-adam"),
+            (self.optimizer == "adam" or self.sparse_updates, "--optimizer lazy-adam needs --sparse-updates"),
             (self.context >= 8, "--context must be at least 8"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.eval_every >= 1, "--eval-every must be at least 1"),

@@ -5,18 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, tiny_llama
 from tokenadapt.cli import main
 from tokenadapt.errors import InputError
 from tokenadapt.evaluation.scoring import score_text
 from tokenadapt.healing import HEAL_REPORT, heal
-from tokenadapt.healing.data import split_text
+from tokenadapt.healing.data import Sequence, split_text
+from tokenadapt.healing.trainer import _Trainable, _Trainer
 from tokenadapt.options import EvalOptions, HealOptions, TransplantOptions
 from tokenadapt.transplant import transplant
 from tokenadapt.vocab import align_vocabularies, build_vocabulary
@@ -250,3 +253,23 @@ def test_learning_rate_warms_up_then_stays_or_decays_with_the_budget() -> None:
     assert learning_rate(linear, 10, 1.2) == 0.0
     with pytest.raises(InputError, match="--decay"):
         HealOptions(decay="cosine").validated()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lazy-adam"])
+def test_with_lazy_adam_a_row_stops_moving_once_its_token_leaves_the_batch(optimizer: str) -> None:
+    model = tiny_llama(40)
+    weight = model.get_input_embeddings().weight
+    trainable = _Trainable([weight], torch.ones(40, dtype=torch.bool))
+    options = HealOptions(optimizer=optimizer, learning_rate=1e-2, warmup_steps=0)
+    trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, trainable, options)
+
+    def batch(ids: list[int]) -> list[Sequence]:
+        return [Sequence(0, np.array(ids), np.arange(1, len(ids) + 1), "x" * len(ids))]
+
+    trainer._step(batch([1, 2, 3, 1, 2, 3]))
+    after_first = weight.detach().clone()
+    trainer._step(batch([7, 8, 9, 7, 8, 9]))
+    moved = (weight.detach() != after_first).any(dim=1)
+    assert moved[[7, 8, 9]].all() and not moved[20:].any()  # sparse updates: never-seen rows stay put
+    # lazy: rows 1-3 keep their value; Adam's momentum keeps pushing them
+    assert bool(moved[[1, 2, 3]].any()) is (optimizer == "adam")

@@ -34,6 +34,7 @@ from tokenadapt.evaluation.evaluator import load_scored_model
 from tokenadapt.evaluation.scoring import encode_with_byte_ends, score_text, wants_bos
 from tokenadapt.file_level import verify_directory
 from tokenadapt.healing.data import HealText, Sequence, load_heal_texts, make_sequences, take_turns
+from tokenadapt.healing.head import RowSparseHead, output_head
 from tokenadapt.healing.objectives import chunk_distillation_terms, token_log_probs
 from tokenadapt.options import FULL_VERIFY_MAX_GB, EvalOptions, HealOptions, TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
@@ -254,7 +255,18 @@ class _Trainer:
         if not options.train_inputs:
             # the input rows' output is cut from the graph, so nothing before the head is recorded or backpropagated
             student.get_input_embeddings().register_forward_hook(lambda module, args, output: output.detach())
-        self.optimizer = torch.optim.Adam(trainable.parameters, lr=options.learning_rate, weight_decay=0.0)
+        # with sparse updates, the head's weight gradient is needed for the batch's rows only
+        self.head = output_head(student) if options.sparse_updates else None
+        self.decoder = student.get_decoder() if self.head is not None else None
+        # Adam keeps moving a row for some steps after its token left the batch (its momentum decays slower than
+        # its normalisation: a token seen once drifts about 5 learning rates), which measured better than
+        # SparseAdam's lazy rows, whose value and moments change only at steps whose batch holds the token.
+        self.lazy = options.optimizer == "lazy-adam"
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.SparseAdam(trainable.parameters, lr=options.learning_rate)
+            if self.lazy
+            else torch.optim.Adam(trainable.parameters, lr=options.learning_rate, weight_decay=0.0)
+        )
 
     def run(
         self,
@@ -344,6 +356,11 @@ class _Trainer:
                 loss = self._distill_loss(sequence) * weight
             (loss / total_weight).backward()
             total_loss += float(loss.detach())
+        if self.lazy:
+            rows = self.step_mask.squeeze(1).nonzero().squeeze(1)
+            for parameter in self.trainable.parameters:
+                if parameter.grad is not None:  # an untied input matrix has none with --no-train-inputs
+                    parameter.grad = row_sparse(parameter.grad, rows)
         self.optimizer.step()
         return total_loss / total_weight
 
@@ -354,8 +371,18 @@ class _Trainer:
         scored = token_log_probs(logits, tokens[0, 1:])
         return scored if bos is not None else torch.cat([scored.new_zeros(1), scored])
 
+    def _student_log_probs(self, ids: np.ndarray) -> torch.Tensor:
+        """`_log_probs` of the student, through `RowSparseHead` where the model's head allows it."""
+        if self.head is None or self.decoder is None:
+            return self._log_probs(self.student, ids, self.bos)
+        tokens = torch.from_numpy(np.concatenate([[self.bos], ids]) if self.bos is not None else ids).unsqueeze(0)
+        hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
+        rows = self.step_mask.squeeze(1).nonzero().squeeze(1)
+        scored = token_log_probs(RowSparseHead.apply(hidden, self.head, rows), tokens[0, 1:])
+        return scored if self.bos is not None else torch.cat([scored.new_zeros(1), scored])
+
     def _ntp_loss(self, sequence: Sequence) -> torch.Tensor:
-        return -self._log_probs(self.student, sequence.ids, self.bos).sum()
+        return -self._student_log_probs(sequence.ids).sum()
 
     def _distill_loss(self, sequence: Sequence) -> torch.Tensor:
         teacher_ids, teacher_ends = encode_with_byte_ends(self.teacher_tokenizer, sequence.text)
@@ -363,7 +390,7 @@ class _Trainer:
             return torch.zeros((), requires_grad=True)
         with torch.no_grad():
             teacher_lp = self._log_probs(self.teacher, np.asarray(teacher_ids, dtype=np.int64), self.teacher_bos)
-        student_lp = self._log_probs(self.student, sequence.ids, self.bos)
+        student_lp = self._student_log_probs(sequence.ids)
         terms = chunk_distillation_terms(student_lp, sequence.byte_ends, teacher_lp, teacher_ends)
         return terms.mean() if terms.numel() else student_lp.sum() * 0.0
 
@@ -388,6 +415,16 @@ class _Trainer:
         if teacher_bpb:
             point["mean_ratio"] = float(np.mean([bpb[name] / teacher_bpb[name] for name in bpb]))
         return point
+
+
+def row_sparse(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The rows `rows` [R] of a dense gradient [V, d] as a sparse COO tensor, the form SparseAdam updates lazily.
+
+    >>> row_sparse(torch.ones(4, 2), torch.tensor([1, 3])).to_dense()[:, 0].tolist()
+    [0.0, 1.0, 0.0, 1.0]
+    """
+    indices, values = rows.unsqueeze(0), grad.index_select(0, rows)
+    return torch.sparse_coo_tensor(indices, values, grad.shape, is_coalesced=True, check_invariants=False)
 
 
 def learning_rate(options: HealOptions, step: int, used: float) -> float:
