@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from tokenizers.processors import TemplateProcessing
+from transformers import AutoTokenizer
 
 from tokenadapt import bench
 from tokenadapt.errors import InputError
@@ -103,3 +106,23 @@ def test_bench_heals_cells_when_asked(tied_model_dir: Path, new_tokenizer_dir: P
         cell["model"], cell["target"], "subword-mean", BenchOptions(**{**options.to_dict(), "heal": ""})
     )
     assert unhealed != bench.cell_key(cell["model"], cell["target"], "subword-mean", options)
+
+
+def test_bench_gives_bos_to_a_base_model_trained_with_one_and_to_its_transplants(
+    tied_model_dir: Path, tmp_path: Path
+) -> None:
+    assert bench.base_bos(tied_model_dir) == "never"  # its tokenizer adds no bos
+    tokenizer = AutoTokenizer.from_pretrained(tied_model_dir)
+    with_bos = tmp_path / "with-bos"
+    shutil.copytree(tied_model_dir, with_bos)
+    processor = TemplateProcessing(
+        single=f"{tokenizer.eos_token} $A", special_tokens=[(tokenizer.eos_token, tokenizer.eos_token_id)]
+    )
+    tokenizer.backend_tokenizer.post_processor = processor
+    tokenizer.bos_token = tokenizer.eos_token
+    tokenizer.save_pretrained(with_bos)
+    assert bench.base_bos(with_bos) == "always"
+    options = BenchOptions(models=(str(with_bos),), targets=("gpt2",), methods=("mean",))
+    assert bench.cell_key(str(with_bos), "gpt2", "mean", options, "always") != bench.cell_key(
+        str(with_bos), "gpt2", "mean", options
+    )

@@ -144,7 +144,7 @@ def _mean(values: Any) -> float:
     return sum(values) / max(len(values), 1)
 
 
-def cell_key(model: str, target: str, method: str, options: BenchOptions) -> str:
+def cell_key(model: str, target: str, method: str, options: BenchOptions, bos: str = "never") -> str:
     """What decides a cell's figures, hashed (tokenadapt's version included: new code, new cells)."""
     from tokenadapt import __version__
 
@@ -152,6 +152,8 @@ def cell_key(model: str, target: str, method: str, options: BenchOptions) -> str
     identity += [options.context, options.transplant_flags]
     if options.heal:
         identity += [options.heal, options.heal_flags]
+    if bos != "never":
+        identity.append(f"bos={bos}")
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
@@ -196,6 +198,17 @@ def score_on_texts(model: str | Path, texts: tuple[str, ...], options: EvalOptio
     return scores
 
 
+def base_bos(model: str | Path) -> str:
+    """The bos policy for a base model and every transplant of it: 'always' when the model's own tokenizer adds a
+    bos (Gemma is trained with one), else 'never' (SmolLM2, Qwen). A transplant then gets the new tokenizer's bos,
+    whose row the transplant mapped by role from the old one, or none if the new tokenizer has no bos."""
+    from tokenadapt.evaluation.scoring import wants_bos
+    from tokenadapt.tokenizer_io import load_tokenizer
+    from tokenadapt.zoo import resolve_model
+
+    return "always" if wants_bos(load_tokenizer(resolve_model(model).path), "auto") else "never"
+
+
 def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _: None) -> BenchResult:
     """Run (or resume) the matrix; `log` receives one line per finished cell."""
     from tokenadapt.methods import method_names
@@ -205,10 +218,11 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _: None
     methods = options.methods or tuple(method_names())
     work = Path(options.work) if options.work else cache_path("bench")
     (work / "cells").mkdir(parents=True, exist_ok=True)
-    evaluation = EvalOptions(context=options.context, stride=options.context, bos="never", max_bytes=options.max_bytes)
     result = BenchResult(options=options.to_dict(), original={})
     speeds = []
     for model in options.models:
+        bos = base_bos(model)
+        evaluation = EvalOptions(context=options.context, stride=options.context, bos=bos, max_bytes=options.max_bytes)
         key = hashlib.sha256(json.dumps([model, list(options.texts), evaluation.__dict__]).encode()).hexdigest()[:16]
         cached = work / "original" / f"{key}.json"
         if not cached.exists():
@@ -218,7 +232,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _: None
         speeds += [s["tokens_per_s"] for s in result.original[model].values()]
         for target in options.targets:
             for method in methods:
-                path = work / "cells" / f"{cell_key(model, target, method, options)}.json"
+                path = work / "cells" / f"{cell_key(model, target, method, options, bos)}.json"
                 if path.exists():
                     result.cells.append(json.loads(path.read_text()))
                     continue

@@ -242,7 +242,11 @@ class BenchOptions:
         ("wiki-en", "pydocs-en", "debref-en", "debref-de", "debref-ja", "code-py"), "texts to score on"
     )
     max_bytes: int = _opt(20000, "score the first N bytes of each text")
-    context: int = _opt(512, "tokens per scoring window (windows do not overlap; no bos)")
+    context: int = _opt(
+        512,
+        "tokens per scoring window (windows do not overlap; bos only where the base model's tokenizer adds one, "
+        "as Gemma's does)",
+    )
     transplant_flags: str = _opt("", "extra flags for every transplant, e.g. '--top-k 5'")
     heal: str = _opt(
         "",
