@@ -1,7 +1,8 @@
 """Run external peer tools on tokenadapt's benchmark cell and score them with tokenadapt's scorer.
 
-The cell: smollm2-135m moved onto the qwen2 tokenizer, with qwen2.5-coder-0.5b as the donor model that already
-uses it. The peers:
+The cells: smollm2-135m moved onto the qwen2 tokenizer, with qwen2.5-coder-0.5b as the donor model that already
+uses it, and (`--target llama3`) onto the llama3 tokenizer, where no built-in model can be a donor, so only FOCUS
+runs. The peers:
 
 - mergekit-tokensurgeon (PyPI mergekit 0.1.5): orthogonal matching pursuit over the shared tokens, k=64 by default.
 - FOCUS (PyPI deepfocus 1.0.1): fastText token vectors trained on the dev split of the texts, sparsemax over the
@@ -15,6 +16,7 @@ text's test split, 512-token windows, no bos); the figure is bits per byte over 
 
     python benchmarks/peers.py                                  # both peers, tokensurgeon with k=64
     python benchmarks/peers.py --peers focus --texts wiki-en code-py
+    python benchmarks/peers.py --target llama3                  # FOCUS; tokensurgeon recorded as unable to run
     python benchmarks/peers.py --peers mergekit --mergekit-k 8 --timeout 1800
     python benchmarks/peers.py --setup-only                     # only build the peers' venv
     python benchmarks/peers.py --render benchmarks/results/peers.json
@@ -42,11 +44,13 @@ from typing import Any
 from tokenadapt.bench import score_on_texts
 from tokenadapt.options import EvalOptions
 from tokenadapt.report import markdown_table, versions
+from tokenadapt.tokenizer_io import load_tokenizer
 from tokenadapt.zoo import resolve_model
 from tokenadapt.zoo.cache import cache_path
 
 TEXTS = ["wiki-en", "pydocs-en", "debref-en", "debref-de", "debref-ja", "code-py"]
-MODEL, DONOR, TARGET = "smollm2-135m", "qwen2.5-coder-0.5b", "qwen2"
+MODEL = "smollm2-135m"
+DONORS = {"qwen2": "qwen2.5-coder-0.5b", "llama3": None}  # built-in models that already use each target tokenizer
 TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
 TORCH_PIN = "torch==2.13.0"
 # What each peer needs, installed with torch pinned. deepfocus declares `fasttext`, which compiles C++; it is
@@ -102,11 +106,14 @@ for name in names:
     tensors[name] = new.to(source.dtype).contiguous()
     print(f"{name}: {tuple(source.shape)} -> {tuple(new.shape)}", flush=True)
 tensors = {k: v for k, v in tensors.items() if not (k == "lm_head.weight" and "lm_head.weight" not in names)}
-donor_config = json.loads((donor / "config.json").read_text())
+# the donor's special-token ids; a bare tokenizer folder (no donor model) gives the tokenizer's own
+donor_config = json.loads((donor / "config.json").read_text()) if (donor / "config.json").exists() else {}
 config["vocab_size"] = tensors["model.embed_tokens.weight"].shape[0]
 for key in ("pad_token_id", "eos_token_id", "bos_token_id", "unk_token_id"):
     if key in donor_config:
         config[key] = donor_config[key]
+    elif not (donor / "config.json").exists():
+        config[key] = getattr(target_tokenizer, key)
 out.mkdir(parents=True, exist_ok=True)
 save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
 (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -316,6 +323,7 @@ def run_peer(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=sorted(DONORS), default="qwen2", help="the tokenizer to move onto")
     parser.add_argument("--peers", nargs="+", choices=["mergekit", "focus"], default=["mergekit", "focus"])
     parser.add_argument("--texts", nargs="+", default=TEXTS)
     parser.add_argument("--max-bytes", type=int, default=20000, help="score the first N UTF-8 bytes of each text")
@@ -324,7 +332,7 @@ def main() -> None:
     parser.add_argument("--focus-min-count", type=int, default=10, help="FOCUS fastText minCount (default 10)")
     parser.add_argument("--timeout", type=float, default=0, help="kill a peer run after this many seconds (0 = never)")
     parser.add_argument("--torch-wheel", type=Path, default=TORCH_WHEEL)
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/peers.json"))
+    parser.add_argument("--json", type=Path, help="default benchmarks/results/peers.json (peers_TARGET.json)")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results in --json")
     parser.add_argument("--no-original", action="store_true", help="do not score the original (another run does)")
     parser.add_argument("--setup-only", action="store_true", help="only install the peers into their venv")
@@ -341,11 +349,27 @@ def main() -> None:
     if args.setup_only:
         return
 
-    protocol = {"model": MODEL, "donor": DONOR, "target": TARGET, "eval": evaluation.__dict__, "texts": args.texts}
+    donor_name = DONORS[args.target]
+    if args.json is None:
+        suffix = "" if args.target == "qwen2" else f"_{args.target}"
+        args.json = Path(f"benchmarks/results/peers{suffix}.json")
+    protocol = {
+        "model": MODEL,
+        "donor": donor_name,
+        "target": args.target,
+        "eval": evaluation.__dict__,
+        "texts": args.texts,
+    }
     if args.fresh:
         args.json.unlink(missing_ok=True)
-    model, donor = resolve_model(MODEL).path, resolve_model(DONOR).path
-    work = peers_dir() / "out"
+    model = resolve_model(MODEL).path
+    work = peers_dir() / "out" / args.target
+    if donor_name is not None:
+        donor = resolve_model(donor_name).path
+    else:  # FOCUS needs only the target tokenizer; tokensurgeon needs a model that uses it
+        donor = work / "target-tokenizer"
+        load_tokenizer(args.target).save_pretrained(donor)
+        problems["mergekit"] = f"no built-in model uses the {args.target} tokenizer, and OMP needs one as its donor"
     runs: list[tuple[str, str, list[str], Path, dict[str, Any]]] = []
     if "mergekit" in args.peers:
         for k in args.mergekit_k:
