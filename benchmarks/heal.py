@@ -117,6 +117,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
         curve = results[objective]["curve"]
         axis.plot([p["minutes"] for p in curve], [p["mean_ratio"] for p in curve], marker="o", label=objective)
     axis.axhline(1.0, color="grey", linestyle=":", label="original model")
+    starts = [
+        results[k]["curve"][0]["mean_ratio"] for k in results if isinstance(results[k], dict) and "curve" in results[k]
+    ]
+    if starts:  # issue 7's goal: half of the zero-shot gap closed
+        axis.axhline(1.0 + (starts[0] - 1.0) / 2, color="tab:red", linestyle="--", label="half the gap closed")
     axis.set_xlabel("minutes of healing (2 CPU cores)")
     axis.set_ylabel("held-out bits/byte ratio to original (mean)")
     axis.set_title("smollm2-135m -> qwen2, hybrid, then heal")
