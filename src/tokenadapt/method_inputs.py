@@ -329,7 +329,8 @@ def donor_codes(context: Context) -> SparseCombination:
     donor_anchors = embeddings[torch.from_numpy(donor_of[shared])]
     del embeddings
     anchor_old_ids = torch.from_numpy(context.alignment.source[shared])
-    digest = hashlib.sha256(f"omp-v1|{options.omp_k}|{options.omp_candidates}|{context.old_rows}".encode())
+    settings = f"omp-v1|{options.omp_k}|{options.omp_candidates}|{context.old_rows}|{options.omp_selection}"
+    digest = hashlib.sha256(settings.encode())
     for array in (donor_new, donor_anchors, anchor_old_ids, found):
         digest.update(array.numpy().tobytes())
     paths = [cache_path("omp", f"{digest.hexdigest()[:32]}-{part}.npy") for part in ("index", "value", "residual")]
@@ -347,6 +348,7 @@ def donor_codes(context: Context) -> SparseCombination:
         options.omp_k,
         options.omp_candidates,
         progress=context.progress,
+        selection=options.omp_selection,
     )
     matrix = codes.matrix.coalesce()
     for path, array in zip(paths, (matrix.indices(), matrix.values(), codes.score), strict=True):

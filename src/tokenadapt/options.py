@@ -78,7 +78,14 @@ class TransplantOptions:
     donor: str = _opt(
         "", "omp: a model that already uses the target tokenizer (built-in name, folder, .gguf or Hub id)"
     )
-    omp_k: int = _opt(64, "omp: shared anchor tokens combined per new token")
+    omp_k: int = _opt(
+        4, "omp: shared anchor tokens combined per new token (mergekit's 64 transferred far worse: docs/design.md)"
+    )
+    omp_selection: str = _opt(
+        "inner",
+        "omp: pick the anchor with the largest |inner product| with the residual (inner, as mergekit) or the "
+        "largest |cosine| (cosine, textbook OMP)",
+    )
     omp_candidates: int = _opt(
         128, "omp: anchors screened per token, most similar in donor space first (0 = all: exact, slow on CPU)"
     )
@@ -114,6 +121,7 @@ class TransplantOptions:
             (self.focus_dim >= 1 and self.focus_epochs >= 1, "--focus-dim and --focus-epochs must be at least 1"),
             (self.focus_min_count >= 1, "--focus-min-count must be at least 1"),
             (self.omp_k >= 1, "--omp-k must be at least 1"),
+            (self.omp_selection in ("inner", "cosine"), "--omp-selection must be inner or cosine"),
             (self.omp_candidates == 0 or self.omp_candidates >= self.omp_k, "--omp-candidates must be 0 or >= --omp-k"),
             (self.omp_max_residual >= 0, "--omp-max-residual must be 0 or more"),
             (self.fallback in FALLBACKS, f"--fallback must be one of {', '.join(FALLBACKS)}"),

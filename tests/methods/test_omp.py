@@ -145,3 +145,17 @@ def test_omp_is_batched_not_a_per_token_loop() -> None:
     assert indices.shape == coefficients.shape == (1000, 16)
     assert np.all(np.diff(np.sort(indices.numpy(), axis=1), axis=1) > 0)  # no anchor twice in one code
     assert ((residual >= 0) & (residual < 1)).all()
+
+
+def test_omp_selects_by_inner_product_like_mergekit_or_by_cosine() -> None:
+    target = torch.tensor([[1.0, 0.2]])
+    atoms = torch.tensor([[1.0, 0.0], [2.0, 2.0]])  # cosine favours the first, the inner product the longer second
+    for selection, first in (("cosine", 0), ("inner", 1)):
+        index, coefficient, _ = batch_omp(target, atoms, k=1, selection=selection)
+        assert index.tolist() == [[first]]
+        best = (target @ atoms[first]) / (atoms[first] @ atoms[first])  # least squares on the one atom
+        assert coefficient[0, 0] == pytest.approx(float(best))
+        index, coefficient, residual = batch_omp(target, atoms, k=2, selection=selection)
+        assert torch.allclose(coefficient[0] @ atoms[index[0]], target[0], atol=1e-5) and residual[0] < 1e-3
+    with pytest.raises(ValueError, match="selection"):
+        batch_omp(target, atoms, k=1, selection="nearest")

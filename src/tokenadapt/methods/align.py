@@ -193,8 +193,8 @@ def parallel_counts(
     width = int(old_flat.max()) + 1
     keys, pair_key = np.unique(new_flat[new_pos] * width + old_flat[old_pos], return_inverse=True)
     key_old = keys % width
-    tau = np.ones(keys.size)
-    counts = np.zeros(keys.size)
+    tau: np.ndarray = np.ones(keys.size)
+    counts: np.ndarray = np.zeros(keys.size)
     for _ in range(max(iterations, 1)):
         weight = tau[pair_key] * prior
         posterior = weight / np.bincount(new_pos, weights=weight, minlength=new_flat.size)[new_pos]

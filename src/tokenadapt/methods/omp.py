@@ -3,7 +3,7 @@
 A donor is a model that already uses the new tokenizer. In the donor's embedding space, each new token t is
 approximated by a sparse combination of anchors, the tokens both vocabularies share:
 
-    x_t ~= sum_{s in S_t} gamma_ts a_s,     |S_t| = k  (--omp-k, 64)
+    x_t ~= sum_{s in S_t} gamma_ts a_s,     |S_t| = k  (--omp-k, 4; mergekit uses 64)
 
 found greedily (OMP: add the anchor most correlated with the residual, re-fit all coefficients by least squares,
 repeat k times). The same coefficients then combine the *base* model's rows of those anchors:
@@ -41,11 +41,14 @@ def batch_omp(
     batch_size: int = 256,
     progress: bool = False,
     tol: float = 1e-6,
+    selection: str = "inner",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sparse codes of `targets` [U, d] over `atoms` [A, d]: (indices [U, k'], coefficients [U, k'], residual [U]).
 
     k' = min(k, A). `targets[u] ~= sum_j coefficients[u, j] * atoms[indices[u, j]]`; `residual[u]` is the relative
-    error ||x - approx|| / ||x|| (0 for a zero target). Atoms are selected by absolute cosine with the residual.
+    error ||x - approx|| / ||x|| (0 for a zero target). Each step adds the atom with the largest absolute inner
+    product with the residual (`selection="inner"`, as mergekit-tokensurgeon: long atoms, usually well-trained
+    tokens, are preferred) or the largest absolute cosine (`selection="cosine"`, textbook OMP on unit atoms).
     A token already represented exactly (residual correlation below `tol`), or an atom that adds no new direction,
     leaves its remaining slots with coefficient 0. `candidates` > 0 restricts each token to that many atoms, the
     most correlated with it, and runs exact OMP among them on their Gram matrix.
@@ -58,6 +61,9 @@ def batch_omp(
     norms = atoms.to(torch.float32).norm(dim=1).clamp(min=1e-12)
     unit = atoms.to(torch.float32) / norms[:, None]
     k = min(k, unit.shape[0])
+    if selection not in ("inner", "cosine"):
+        raise ValueError(f"selection must be 'inner' or 'cosine', not {selection!r}")
+    scale = norms if selection == "inner" else torch.ones_like(norms)  # |<r, a>| = |<r, u>| * ||a||
     screened = 0 < candidates < unit.shape[0]
     indices = torch.zeros((targets.shape[0], k), dtype=torch.long)
     coefficients = torch.zeros((targets.shape[0], k))
@@ -67,14 +73,17 @@ def batch_omp(
         x = targets[start : start + batch_size]
         correlations = x @ unit.T  # [B, A]
         if screened:
-            pool = torch.topk(correlations.abs(), candidates, dim=1).indices  # [B, M] atom ids
+            pool = torch.topk(correlations.abs() * scale, candidates, dim=1).indices  # [B, M] atom ids
             pool_atoms = unit[pool]
             gram = torch.bmm(pool_atoms, pool_atoms.transpose(1, 2))  # [B, M, M]
             del pool_atoms
-            slots, lower, z = _pursue(torch.gather(correlations, 1, pool), k, x.norm(dim=1), tol, gram=gram)
+            c0 = torch.gather(correlations, 1, pool)
+            slots, lower, z = _pursue(c0, k, x.norm(dim=1), tol, gram=gram, scale=scale[pool])
             chosen = torch.gather(pool, 1, slots)
         else:
-            chosen, lower, z = _pursue(correlations, k, x.norm(dim=1), tol, unit=unit)
+            chosen, lower, z = _pursue(
+                correlations, k, x.norm(dim=1), tol, unit=unit, scale=scale.expand_as(correlations)
+            )
         gamma = torch.linalg.solve_triangular(lower.transpose(1, 2), z.unsqueeze(2), upper=True).squeeze(2)
         indices[start : start + batch_size] = chosen
         coefficients[start : start + batch_size] = gamma / norms[chosen]
@@ -91,6 +100,7 @@ def _pursue(
     tol: float,
     gram: torch.Tensor | None = None,
     unit: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k OMP steps for a batch, by Gram-Schmidt: returns (picked [B, k], L [B, k, k], z [B, k]).
 
@@ -101,7 +111,8 @@ def _pursue(
 
     Correlations with the new direction come from `gram` [B, n, n] (screened: h_t = (G[j] - w H) / d, where H
     holds earlier directions' correlations, so w is a look-up) or from the atoms `unit` [n, dim] (exact: one
-    matrix product per step, with the directions Q kept in the atoms' space). An atom that adds no direction
+    matrix product per step, with the directions Q kept in the atoms' space). `scale` [B, n] weighs the selection
+    (the atoms' norms select by inner product instead of cosine). An atom that adds no direction
     (d^2 <= tol), or a target already explained, makes an inert slot: w = 0, d = 1, z = 0."""
     batch, n = c0.shape
     rows = torch.arange(batch)
@@ -113,7 +124,8 @@ def _pursue(
     alpha = c0.clone()
     active = x_norm > 0
     for t in range(k):
-        j = alpha.abs().masked_fill(taken, -1.0).argmax(dim=1)
+        score = alpha.abs() if scale is None else alpha.abs() * scale
+        j = score.masked_fill(taken, -1.0).argmax(dim=1)
         taken[rows, j] = True
         picked[:, t] = j
         if gram is not None:
@@ -146,6 +158,7 @@ def omp_codes(
     k: int,
     candidates: int,
     progress: bool = False,
+    selection: str = "inner",
 ) -> SparseCombination:
     """OMP codes of the U new tokens (donor rows `donor_new` [U, d_donor], `found` [U] where a donor row exists)
     over the anchors (`donor_anchors` [A, d_donor], whose base-model rows are `anchor_old_ids` [A]).
@@ -159,7 +172,9 @@ def omp_codes(
         return SparseCombination(
             sparse_matrix(empty, empty, torch.zeros(0), (found.shape[0], old_rows)), torch.zeros_like(found), residual
         )
-    indices, coefficients, res = batch_omp(donor_new[picked], donor_anchors, k, candidates, progress=progress)
+    indices, coefficients, res = batch_omp(
+        donor_new[picked], donor_anchors, k, candidates, progress=progress, selection=selection
+    )
     residual[picked] = res
     rows = picked[:, None].expand_as(indices)
     keep = coefficients != 0
