@@ -30,6 +30,7 @@ from tokenadapt.tokenizer_io import (
     detect_format,
     load_tokenizer,
     resolve_tokenizer,
+    save_tokenizer,
     tokenizer_from_ranks,
 )
 from tokenadapt.zoo import BUILTIN_TOKENIZERS, PackagedFile, fetch_packaged_file
@@ -517,3 +518,21 @@ def test_byte_level_builtins_round_trip_any_text(
     for name, tokenizer in byte_level_builtins.items():
         expected = unicodedata.normalize("NFC", text) if name == "qwen2" else text
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == expected, name
+
+
+def test_a_saved_tokenizer_gets_no_roles_from_the_model_type_beside_it(tmp_path: Path) -> None:
+    # Qwen2's tokenizer class fills a missing pad/unk with "<|endoftext|>"; a tokenizer without them, saved beside a
+    # Qwen2 config, must reload with exactly its own tokens (else ids run past the embedding rows)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=train_byte_level(specials=("<eos>",)), eos_token="<eos>")
+    assert tokenizer.pad_token is None and tokenizer.unk_token is None
+    plain, saved = tmp_path / "plain", tmp_path / "saved"
+    for folder in (plain, saved):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    tokenizer.save_pretrained(str(plain))
+    save_tokenizer(tokenizer, saved)
+    assert len(AutoTokenizer.from_pretrained(plain)) == len(tokenizer) + 1  # what plain save_pretrained gives
+    reloaded = AutoTokenizer.from_pretrained(saved)
+    assert len(reloaded) == len(tokenizer) and reloaded.pad_token is None and reloaded.unk_token is None
+    assert reloaded.eos_token == "<eos>"
+    assert reloaded("hello world").input_ids == tokenizer("hello world").input_ids

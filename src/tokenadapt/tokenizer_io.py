@@ -347,6 +347,25 @@ def _source_sha(path: Path, fmt: TokenizerFormat) -> str | None:
 # ----------------------------------------------------------------------------------------------------
 
 
+ROLE_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """`save_pretrained`, with every role the tokenizer lacks written as an explicit null in tokenizer_config.json.
+
+    Beside a model's config.json, `AutoTokenizer` picks the tokenizer class of the model's type, and such a class
+    fills a role left unset with its own default: Llama-3's tokenizer, which has no pad, saved beside a Qwen2 model
+    reloads with "<|endoftext|>" appended as pad and unk, one id beyond the embedding rows. A null keeps it out.
+    """
+    tokenizer.save_pretrained(str(folder))
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    missing = [key for key in ROLE_KEYS if getattr(tokenizer, key, None) is None and config.get(key) is None]
+    if missing:
+        config.update({key: None for key in missing})
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def load_tokenizer(spec: str | Path | ResolvedTokenizer) -> PreTrainedTokenizerFast:
     """Load `spec` (see `resolve_tokenizer`) as a fast tokenizer with its special tokens and roles set.
 

@@ -41,7 +41,7 @@ from tokenadapt.options import TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
 from tokenadapt.safetensors_io import SafetensorsHeader, TensorSpec, read_tensor
-from tokenadapt.tokenizer_io import load_tokenizer, resolve_tokenizer
+from tokenadapt.tokenizer_io import load_tokenizer, resolve_tokenizer, save_tokenizer
 from tokenadapt.vocab import (
     Alignment,
     Assignment,
@@ -185,13 +185,13 @@ def transplant(
             log.info("saving to %s", tmp)
             with timings.stage("save"):
                 lm.save_pretrained(str(tmp), safe_serialization=True)
-                new_tokenizer.save_pretrained(str(tmp))
+                save_tokenizer(new_tokenizer, tmp)
         else:
             log.info("writing to %s", tmp)
             new_tensors, method_paths = _estimate_file_level(plan, alignment, inputs, spec, old_vocab, rows, timings)
             with timings.stage("save"):  # the estimate stage runs inside, as the writer reaches each new tensor
                 summary = write_checkpoint(plan, tmp, new_tensors, ids, link=options.link_shards)
-                new_tokenizer.save_pretrained(str(tmp))
+                save_tokenizer(new_tokenizer, tmp)
             timings["save"] = round(timings["save"] - timings.get("estimate", 0.0), 3)
             method_paths = {role: method_paths[role] for role in ("input", "output") if role in method_paths}
             model_info["files"] = summary.counts()

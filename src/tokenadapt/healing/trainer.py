@@ -39,7 +39,7 @@ from tokenadapt.healing.objectives import chunk_distillation_terms, token_log_pr
 from tokenadapt.options import FULL_VERIFY_MAX_GB, EvalOptions, HealOptions, TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
-from tokenadapt.tokenizer_io import load_tokenizer
+from tokenadapt.tokenizer_io import load_tokenizer, save_tokenizer
 from tokenadapt.transplant import REPORT_NAME
 from tokenadapt.vocab import MatchMode, align_vocabularies, build_vocabulary
 from tokenadapt.zoo import resolve_model
@@ -215,7 +215,7 @@ def heal(
         result.warnings.append("healed on a test split: `tokenadapt eval` on the same text is no longer unseen")
     with staged_output(out_path, [resolved.path], options.overwrite) as tmp, timings.stage("save"):
         student.to(stored_dtype).save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
         if transplant_report is not None:
             shutil.copyfile(resolved.path / REPORT_NAME, tmp / REPORT_NAME)
         verification = verify_directory(tmp, int(FULL_VERIFY_MAX_GB * 1e9))
