@@ -249,6 +249,7 @@ class _Trainer:
             parameter.requires_grad_(False)
         # rows this step may move: the trainable rows, narrowed to the batch's tokens with sparse updates
         self.step_mask = trainable.mask.to(torch.float32).unsqueeze(1)
+        self.step_rows = trainable.mask.nonzero().squeeze(1)  # the same rows as ids [R]
         for parameter in trainable.parameters:
             parameter.requires_grad_(True)
             parameter.register_hook(lambda grad: grad * self.step_mask)
@@ -344,6 +345,7 @@ class _Trainer:
             present = torch.zeros(self.trainable.mask.numel(), dtype=torch.bool)
             present[torch.from_numpy(np.concatenate([s.ids for s in batch]))] = True
             self.step_mask = (self.trainable.mask & present).to(torch.float32).unsqueeze(1)
+            self.step_rows = self.step_mask.squeeze(1).nonzero().squeeze(1)
         if self.options.objective == "ntp":
             weights = [len(s.ids) - (self.bos is None) for s in batch]
         else:
@@ -357,32 +359,28 @@ class _Trainer:
             (loss / total_weight).backward()
             total_loss += float(loss.detach())
         if self.lazy:
-            rows = self.step_mask.squeeze(1).nonzero().squeeze(1)
             for parameter in self.trainable.parameters:
                 if parameter.grad is not None:  # an untied input matrix has none with --no-train-inputs
-                    parameter.grad = row_sparse(parameter.grad, rows)
+                    parameter.grad = row_sparse(parameter.grad, self.step_rows)
         self.optimizer.step()
         return total_loss / total_weight
 
     def _log_probs(self, model: Any, ids: np.ndarray, bos: int | None) -> torch.Tensor:
-        """Log-probability of each token of `ids` under `model`: [T]; token 0 gets 0 without bos (no prediction)."""
+        """Log-probability of each token of `ids` under `model`: [T]; token 0 gets 0 without bos (no prediction).
+
+        The student's logits go through `RowSparseHead` where its head allows it (weight gradient for this step's
+        rows only)."""
         tokens = torch.from_numpy(np.concatenate([[bos], ids]) if bos is not None else ids).unsqueeze(0)
-        logits = model(input_ids=tokens).logits[0, :-1]
+        if model is self.student and self.head is not None and self.decoder is not None:
+            hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
+            logits = RowSparseHead.apply(hidden, self.head, self.step_rows)
+        else:
+            logits = model(input_ids=tokens).logits[0, :-1]
         scored = token_log_probs(logits, tokens[0, 1:])
         return scored if bos is not None else torch.cat([scored.new_zeros(1), scored])
 
-    def _student_log_probs(self, ids: np.ndarray) -> torch.Tensor:
-        """`_log_probs` of the student, through `RowSparseHead` where the model's head allows it."""
-        if self.head is None or self.decoder is None:
-            return self._log_probs(self.student, ids, self.bos)
-        tokens = torch.from_numpy(np.concatenate([[self.bos], ids]) if self.bos is not None else ids).unsqueeze(0)
-        hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
-        rows = self.step_mask.squeeze(1).nonzero().squeeze(1)
-        scored = token_log_probs(RowSparseHead.apply(hidden, self.head, rows), tokens[0, 1:])
-        return scored if self.bos is not None else torch.cat([scored.new_zeros(1), scored])
-
     def _ntp_loss(self, sequence: Sequence) -> torch.Tensor:
-        return -self._student_log_probs(sequence.ids).sum()
+        return -self._log_probs(self.student, sequence.ids, self.bos).sum()
 
     def _distill_loss(self, sequence: Sequence) -> torch.Tensor:
         teacher_ids, teacher_ends = encode_with_byte_ends(self.teacher_tokenizer, sequence.text)
@@ -390,7 +388,7 @@ class _Trainer:
             return torch.zeros((), requires_grad=True)
         with torch.no_grad():
             teacher_lp = self._log_probs(self.teacher, np.asarray(teacher_ids, dtype=np.int64), self.teacher_bos)
-        student_lp = self._student_log_probs(sequence.ids)
+        student_lp = self._log_probs(self.student, sequence.ids, self.bos)
         terms = chunk_distillation_terms(student_lp, sequence.byte_ends, teacher_lp, teacher_ends)
         return terms.mean() if terms.numel() else student_lp.sum() * 0.0
 
