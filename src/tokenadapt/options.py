@@ -283,6 +283,8 @@ class BenchOptions:
 
 HEAL_OBJECTIVES = ("ntp", "distill")
 HEAL_ROWS = ("new", "all")
+HEAL_OPTIMIZERS = ("adam", "lazy-adam", "sgd")
+HEAL_FITS = ("affine", "rows")
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,17 @@ class HealOptions:
     )
     rows: str = _opt("new", "rows to train: 'new' (those the transplant estimated) or 'all' embedding rows")
     budget: str = _opt("20m", "stop after this long: minutes ('20m' or a plain number) or optimizer steps ('300steps')")
-    learning_rate: float = _opt(3e-3, "Adam learning rate for the trained rows (no weight decay)")
+    fit: str = _opt(
+        "affine",
+        "affine: one map shared by the trained rows (row = A @ estimate + b), so tokens the text never shows heal "
+        "too; rows: every trained row moves on its own (docs/results.md compares them)",
+    )
+    learning_rate: float = _opt(
+        3e-3, "Adam learning rate for the trained rows, or for the map's offset b (no weight decay)"
+    )
+    map_learning_rate: float = _opt(
+        3e-4, "--fit affine: Adam learning rate for the map's matrix A (which starts as the identity)"
+    )
     train_inputs: bool = _opt(
         True,
         "train the rows as inputs too (backpropagates through the frozen body); off: only the output head's "
@@ -309,14 +321,16 @@ class HealOptions:
     )
     sparse_updates: bool = _opt(
         True,
-        "each step's gradient reaches only the rows of tokens in its batch; off: the full-softmax gradient reaches "
-        "every trainable row, and Adam's per-row scaling turns its tiny pushes on unseen tokens into full-size steps",
+        "--fit rows: each step's gradient reaches only the rows of tokens in its batch; off: the full-softmax "
+        "gradient reaches every trainable row, and Adam's per-row scaling turns its tiny pushes on unseen tokens "
+        "into full-size steps",
     )
     optimizer: str = _opt(
         "adam",
         "adam: a row keeps moving on its momentum for some steps after its token left the batch (measured best); "
         "lazy-adam: a row's value and moments change only at steps whose batch holds its token (with "
-        "--sparse-updates)",
+        "--sparse-updates); sgd: momentum SGD, a row moves in proportion to its gradient, so a token seen once moves "
+        "little (its learning rate is on another scale: about 100x Adam's)",
     )
     warmup_steps: int = _opt(4, "linear learning-rate warmup over this many optimizer steps")
     decay: str = _opt(
@@ -339,10 +353,13 @@ class HealOptions:
             (self.objective in HEAL_OBJECTIVES, f"--objective must be one of {', '.join(HEAL_OBJECTIVES)}"),
             (self.rows in HEAL_ROWS, f"--rows must be one of {', '.join(HEAL_ROWS)}"),
             (self.learning_rate > 0, "--learning-rate must be positive"),
+            (self.map_learning_rate > 0, "--map-learning-rate must be positive"),
+            (self.fit in HEAL_FITS, f"--fit must be one of {', '.join(HEAL_FITS)}"),
+            (self.fit == "rows" or self.optimizer != "lazy-adam", "--optimizer lazy-adam needs --fit rows"),
             (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
             (self.decay in ("constant", "linear"), "--decay must be constant or linear"),
-            (self.optimizer in ("adam", "lazy-adam"), "--optimizer must be adam or lazy-adam"),
-            (self.optimizer == "adam" or self.sparse_updates, "--optimizer lazy-adam needs --sparse-updates"),
+            (self.optimizer in HEAL_OPTIMIZERS, f"--optimizer must be one of {', '.join(HEAL_OPTIMIZERS)}"),
+            (self.optimizer != "lazy-adam" or self.sparse_updates, "--optimizer lazy-adam needs --sparse-updates"),
             (self.context >= 8, "--context must be at least 8"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.eval_every >= 1, "--eval-every must be at least 1"),

@@ -48,7 +48,7 @@ def test_a_heal_step_through_the_row_sparse_head_equals_the_plain_one() -> None:
         model = tiny_llama(40)
         weight = model.get_input_embeddings().weight
         trainable = _Trainable([weight], torch.arange(40) >= 10)
-        options = HealOptions(learning_rate=1e-2, warmup_steps=0)
+        options = HealOptions(fit="rows", learning_rate=1e-2, warmup_steps=0)
         tokenizer = SimpleNamespace(bos_token_id=None)
         trainer = _Trainer(model, tokenizer, None, None, trainable, options)
         assert trainer.head is not None

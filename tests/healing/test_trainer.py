@@ -34,6 +34,7 @@ def quick(**overrides: object) -> HealOptions:
         "patience": 10,
         "held_out_bytes": 400,
         "learning_rate": 3e-2,
+        "map_learning_rate": 1e-2,
         "warmup_steps": 1,
     }
     return HealOptions(**{**values, **overrides})  # type: ignore[arg-type]
@@ -52,6 +53,7 @@ def transplanted(tmp_path: Path, model_dir: Path, tokenizer_dir: Path, embedder:
     return out
 
 
+@pytest.mark.parametrize("fit", ["affine", "rows"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_only_the_new_rows_change(
     tmp_path: Path,
@@ -61,10 +63,11 @@ def test_only_the_new_rows_change(
     tiny_embedder_dir: Path,
     heal_text: Path,
     tied: bool,
+    fit: str,
 ) -> None:
     original = tied_model_dir if tied else untied_model_dir
     zero_shot = transplanted(tmp_path, original, new_tokenizer_dir, tiny_embedder_dir)
-    result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], quick())
+    result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], quick(fit=fit))
     assert result.best_step > 0 and result.teacher == str(original)
 
     before = load_file(str(zero_shot / "model.safetensors"))
@@ -88,11 +91,18 @@ def test_only_the_new_rows_change(
             assert torch.equal(after[name], tensor), name  # the frozen body, byte for byte
 
 
+@pytest.mark.parametrize(("fit", "fall"), [("rows", 0.95), ("affine", 0.99)])  # a map has fewer parameters
 def test_training_loss_falls_and_held_out_is_never_trained_on(
-    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+    tmp_path: Path,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+    heal_text: Path,
+    fit: str,
+    fall: float,
 ) -> None:
     zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
-    options = quick(objective="ntp")
+    options = quick(objective="ntp", fit=fit)
     result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], options)
     parts = split_text(heal_text.read_text(), "t", options.held_out_bytes, 0)
     described = result.texts[0]
@@ -106,7 +116,7 @@ def test_training_loss_falls_and_held_out_is_never_trained_on(
     for directory in (zero_shot, tmp_path / "healed"):
         model, tokenizer = load_scored_model(directory)
         losses.append(score_text(model, tokenizer, parts.train, scoring).bits_per_byte)
-    assert losses[1] < losses[0] * 0.95
+    assert losses[1] < losses[0] * fall
     name = described["name"]
     assert result.after["bits_per_byte"][name] < result.before["bits_per_byte"][name]
     assert [p["step"] for p in result.curve] == [0, 2, 4, 6]
@@ -222,11 +232,32 @@ def test_sparse_updates_move_only_rows_of_tokens_in_the_text(
     moved = {}
     for sparse in (True, False):
         out = tmp_path / f"sparse-{sparse}"
-        heal(zero_shot, out, [str(heal_text)], quick(sparse_updates=sparse, budget="2steps", eval_every=2))
+        options = quick(fit="rows", sparse_updates=sparse, budget="2steps", eval_every=2)
+        heal(zero_shot, out, [str(heal_text)], options)
         after = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
         moved[sparse] = (after != before).any(dim=1)
     assert moved[True].any() and not (moved[True] & ~in_text).any()  # sparse: only tokens of the text
     assert (moved[False] & ~in_text).any()  # dense: the softmax gradient reaches tokens the text never uses
+
+
+def test_the_affine_fit_moves_new_rows_the_text_never_shows_along_one_map(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    tokenizer = AutoTokenizer.from_pretrained(zero_shot)
+    parts = split_text(heal_text.read_text(), "t", 400, 0)
+    in_text = torch.zeros(len(tokenizer), dtype=torch.bool)
+    in_text[torch.tensor(tokenizer(parts.train, add_special_tokens=False).input_ids)] = True
+    before = load_file(str(zero_shot / "model.safetensors"))["model.embed_tokens.weight"]
+    result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], quick(fit="affine", budget="2steps"))
+    after = load_file(str(tmp_path / "healed" / "model.safetensors"))["model.embed_tokens.weight"]
+    moved = (after != before).any(dim=1)
+    assert int(moved.sum()) == result.rows["trained"]  # every new row, and only those
+    assert (moved & ~in_text).any()  # including tokens the text never shows
+    # one map: the healed new rows are an affine function of their zero-shot values (exact least squares fit)
+    design = torch.cat([before[moved].double(), torch.ones(int(moved.sum()), 1, dtype=torch.float64)], dim=1)
+    solution = torch.linalg.lstsq(design, after[moved].double()).solution
+    assert torch.allclose(design @ solution, after[moved].double(), atol=1e-5)
 
 
 def test_without_train_inputs_an_untied_model_keeps_its_input_rows(
@@ -255,12 +286,26 @@ def test_learning_rate_warms_up_then_stays_or_decays_with_the_budget() -> None:
         HealOptions(decay="cosine").validated()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"fit": "rowz"}, "--fit must be one of affine, rows"),
+        ({"optimizer": "lazy-adam"}, "--optimizer lazy-adam needs --fit rows"),
+        ({"optimizer": "adagrad"}, "--optimizer must be one of adam, lazy-adam, sgd"),
+        ({"map_learning_rate": 0.0}, "--map-learning-rate must be positive"),
+    ],
+)
+def test_heal_options_name_the_bad_flag(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        HealOptions(**overrides).validated()  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "lazy-adam"])
 def test_with_lazy_adam_a_row_stops_moving_once_its_token_leaves_the_batch(optimizer: str) -> None:
     model = tiny_llama(40)
     weight = model.get_input_embeddings().weight
     trainable = _Trainable([weight], torch.ones(40, dtype=torch.bool))
-    options = HealOptions(optimizer=optimizer, learning_rate=1e-2, warmup_steps=0)
+    options = HealOptions(fit="rows", optimizer=optimizer, learning_rate=1e-2, warmup_steps=0)
     trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, trainable, options)
 
     def batch(ids: list[int]) -> list[Sequence]:
@@ -273,3 +318,24 @@ def test_with_lazy_adam_a_row_stops_moving_once_its_token_leaves_the_batch(optim
     assert moved[[7, 8, 9]].all() and not moved[20:].any()  # sparse updates: never-seen rows stay put
     # lazy: rows 1-3 keep their value; Adam's momentum keeps pushing them
     assert bool(moved[[1, 2, 3]].any()) is (optimizer == "adam")
+
+
+def test_sgd_moves_each_row_by_its_own_gradient_so_a_rare_token_moves_less_than_with_adam() -> None:
+    displacement = {}
+    for optimizer, lr in (("sgd", 0.5), ("adam", 1e-3)):
+        model = tiny_llama(40)
+        weight = model.get_input_embeddings().weight
+        trainable = _Trainable([weight], torch.ones(40, dtype=torch.bool))
+        options = HealOptions(fit="rows", optimizer=optimizer, learning_rate=lr, warmup_steps=0)
+        trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, trainable, options)
+        before = weight.detach().clone()
+        trainer._step([Sequence(0, np.array([5, 1, 2, 1, 2, 1, 2, 9]), np.arange(1, 9), "x" * 8)])
+        step = weight.detach() - before
+        if optimizer == "sgd":  # the first momentum step is exactly -lr x the (masked) gradient
+            assert weight.grad is not None
+            assert torch.allclose(step, -lr * weight.grad, atol=1e-7)
+        norms = step.norm(dim=1)
+        displacement[optimizer] = float(norms[9] / norms[1])  # token 9 is seen once (as input: never), 1 thrice
+        assert not step[20:].any()
+    # Adam's per-coordinate scaling gives every seen row about the same step; SGD follows the gradient's size
+    assert displacement["sgd"] < 0.5 * displacement["adam"]

@@ -5,8 +5,10 @@
     (1.47, 1.30)
 
 Only the embedding rows of new tokens change (`--rows new`; input and output rows, or the one shared matrix of a
-tied model): a gradient mask zeroes every other row's gradient, and Adam without weight decay then leaves those
-rows byte-identical. Each text's held-out tail (`data.split_text`) is scored before training, every
+tied model). With `--fit affine` (the default) they change through one map of their zero-shot values,
+row = A @ estimate + b (`affine.py`), so tokens the text never shows heal too; with `--fit rows` each row moves on
+its own, a gradient mask zeroes every other row's gradient, and Adam without weight decay then leaves those rows
+byte-identical. Each text's held-out tail (`data.split_text`) is scored before training, every
 `eval_every` optimizer steps and at the end, with the same scoring code as `tokenadapt eval`; the rows of the best
 held-out score are kept, and training stops early after `patience` scorings without improvement. The budget
 (minutes or steps) covers the held-out scorings too.
@@ -33,6 +35,7 @@ from tokenadapt.errors import InputError
 from tokenadapt.evaluation.evaluator import load_scored_model
 from tokenadapt.evaluation.scoring import encode_with_byte_ends, score_text, wants_bos
 from tokenadapt.file_level import verify_directory
+from tokenadapt.healing.affine import AffineHead, AffineRows, embedding_scale, install_input_hook
 from tokenadapt.healing.data import HealText, Sequence, load_heal_texts, make_sequences, take_turns
 from tokenadapt.healing.head import RowSparseHead, output_head
 from tokenadapt.healing.objectives import chunk_distillation_terms, token_log_probs
@@ -103,7 +106,8 @@ class HealResult:
                 row += [teacher, f"{self.before['ratio'][name]:.3f}x", f"{self.after['ratio'][name]:.3f}x"]
             table.append(row)
         lines = [
-            f"## Heal: {self.model} ({self.objective}, rows {self.options['rows']})",
+            f"## Heal: {self.model} ({self.objective}, rows {self.options['rows']}, "
+            f"fit {self.rows.get('fit', 'rows')})",
             "",
             f"Output: `{self.out_dir}`; trained {self.rows['trained']} of {self.rows['total']} rows "
             f"for {self.steps} steps ({self.tokens_trained} tokens); kept step {self.best_step}; stopped: "
@@ -196,7 +200,12 @@ def heal(
         objective=options.objective,
         options=options.to_dict(),
         texts=[t.describe() for t in heal_texts],
-        rows={"trained": int(trainable.mask.sum()), "total": int(trainable.mask.numel()), "kind": options.rows},
+        rows={
+            "trained": int(trainable.mask.sum()),
+            "total": int(trainable.mask.numel()),
+            "kind": options.rows,
+            "fit": options.fit,
+        },
         teacher_bits_per_byte=teacher_bpb,
         curve=curve,
         before=_summary(curve[0], teacher_bpb),
@@ -250,24 +259,47 @@ class _Trainer:
         # rows this step may move: the trainable rows, narrowed to the batch's tokens with sparse updates
         self.step_mask = trainable.mask.to(torch.float32).unsqueeze(1)
         self.step_rows = trainable.mask.nonzero().squeeze(1)  # the same rows as ids [R]
-        for parameter in trainable.parameters:
-            parameter.requires_grad_(True)
-            parameter.register_hook(lambda grad: grad * self.step_mask)
+        self.maps: list[AffineRows] = []
+        self.head_map: AffineRows | None = None
+        if options.fit == "affine":
+            self._setup_affine(student, trainable, options)
+        else:
+            for parameter in trainable.parameters:
+                parameter.requires_grad_(True)
+                parameter.register_hook(lambda grad: grad * self.step_mask)
         if not options.train_inputs:
             # the input rows' output is cut from the graph, so nothing before the head is recorded or backpropagated
             student.get_input_embeddings().register_forward_hook(lambda module, args, output: output.detach())
         # with sparse updates, the head's weight gradient is needed for the batch's rows only
-        self.head = output_head(student) if options.sparse_updates else None
-        self.decoder = student.get_decoder() if self.head is not None else None
+        self.head = output_head(student) if options.sparse_updates and options.fit == "rows" else None
+        self.decoder = student.get_decoder() if self.head is not None or self.head_map is not None else None
         # Adam keeps moving a row for some steps after its token left the batch (its momentum decays slower than
         # its normalisation: a token seen once drifts about 5 learning rates), which measured better than
         # SparseAdam's lazy rows, whose value and moments change only at steps whose batch holds the token.
         self.lazy = options.optimizer == "lazy-adam"
-        self.optimizer: torch.optim.Optimizer = (
-            torch.optim.SparseAdam(trainable.parameters, lr=options.learning_rate)
-            if self.lazy
-            else torch.optim.Adam(trainable.parameters, lr=options.learning_rate, weight_decay=0.0)
+        groups: list[dict[str, Any]] = (
+            [
+                {"params": [m.A for m in self.maps], "base_lr": options.map_learning_rate},
+                {"params": [m.b for m in self.maps], "base_lr": options.learning_rate},
+            ]
+            if self.maps
+            else [{"params": trainable.parameters, "base_lr": options.learning_rate}]
         )
+        self.optimizer = make_optimizer(options.optimizer, groups, options.learning_rate)
+
+    def _setup_affine(self, student: Any, trainable: _Trainable, options: HealOptions) -> None:
+        """One map per trained matrix (one for a tied model); the head's map needs a plain linear head."""
+        head_weight = output_head(student)
+        if head_weight is None:
+            raise InputError(
+                "--fit affine needs the model's logits to be its last hidden state times the output matrix "
+                "(no bias, logit scale or soft-capping), and this model's are not.",
+                "Heal with --fit rows.",
+            )
+        self.maps = [AffineRows(parameter, trainable.mask) for parameter in trainable.parameters]
+        self.head_map = next(m for m in self.maps if m.weight.data_ptr() == head_weight.data_ptr())
+        if options.train_inputs:
+            install_input_hook(student, self.maps[0], embedding_scale(student))
 
     def run(
         self,
@@ -335,13 +367,14 @@ class _Trainer:
         return curve, best_step, steps, tokens, stopped
 
     def _set_learning_rate(self, step: int, used: float) -> None:
+        factor = learning_rate(self.options, step, used) / self.options.learning_rate  # warm-up and decay
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.options, step, used)
+            group["lr"] = group["base_lr"] * factor
 
     def _step(self, batch: list[Sequence]) -> float:
         """One optimizer step over `batch` (one sequence in memory at a time); returns the batch's mean loss."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.options.sparse_updates:
+        if self.options.sparse_updates and not self.maps:
             present = torch.zeros(self.trainable.mask.numel(), dtype=torch.bool)
             present[torch.from_numpy(np.concatenate([s.ids for s in batch]))] = True
             self.step_mask = (self.trainable.mask & present).to(torch.float32).unsqueeze(1)
@@ -363,6 +396,8 @@ class _Trainer:
                 if parameter.grad is not None:  # an untied input matrix has none with --no-train-inputs
                     parameter.grad = row_sparse(parameter.grad, self.step_rows)
         self.optimizer.step()
+        for affine in self.maps:
+            affine.materialize()
         return total_loss / total_weight
 
     def _log_probs(self, model: Any, ids: np.ndarray, bos: int | None) -> torch.Tensor:
@@ -371,7 +406,11 @@ class _Trainer:
         The student's logits go through `RowSparseHead` where its head allows it (weight gradient for this step's
         rows only)."""
         tokens = torch.from_numpy(np.concatenate([[bos], ids]) if bos is not None else ids).unsqueeze(0)
-        if model is self.student and self.head is not None and self.decoder is not None:
+        if model is self.student and self.head_map is not None and self.decoder is not None:
+            hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
+            m = self.head_map
+            logits = AffineHead.apply(hidden, m.weight, m.A, m.b, m.base, m.rows)
+        elif model is self.student and self.head is not None and self.decoder is not None:
             hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
             logits = RowSparseHead.apply(hidden, self.head, self.step_rows)
         else:
@@ -413,6 +452,16 @@ class _Trainer:
         if teacher_bpb:
             point["mean_ratio"] = float(np.mean([bpb[name] / teacher_bpb[name] for name in bpb]))
         return point
+
+
+def make_optimizer(name: str, parameters: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """The optimizer `--optimizer` names over parameter groups; none decays weights, so a row with a zero gradient
+    history never moves."""
+    if name == "lazy-adam":
+        return torch.optim.SparseAdam(parameters, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=0.0)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=0.0)
 
 
 def row_sparse(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -517,6 +566,9 @@ def _transplant_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+_FIT_WORDS = {"affine": "through one affine map of their estimates", "rows": "each row on its own"}
+
+
 def model_card(result: HealResult) -> str:
     """README.md for a healed directory: the whole history, transplant then heal."""
     history = []
@@ -529,7 +581,8 @@ def model_card(result: HealResult) -> str:
     recovered = result.gap_recovered
     history.append(
         f"{len(history) + 1}. Healed by tokenadapt {result.versions['tokenadapt']}: objective `{result.objective}`, "
-        f"{result.rows['trained']} embedding rows trained ({result.rows['kind']}), body frozen, "
+        f"{result.rows['trained']} embedding rows trained ({result.rows['kind']}, "
+        f"{_FIT_WORDS.get(result.rows.get('fit', 'rows'), 'fit rows')}), body frozen, "
         f"{result.steps} steps on "
         + ", ".join(t["name"] for t in result.texts)
         + "."

@@ -1,0 +1,109 @@
+"""The affine fit: AffineHead's gradients equal autograd's on the materialised matrix; a heal step through the map
+(input hook + head) equals plain autograd through a model whose new rows are A @ e + b."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny_llama
+from tokenadapt.errors import InputError
+from tokenadapt.healing.affine import AffineHead, AffineRows, embedding_scale
+from tokenadapt.healing.data import Sequence
+from tokenadapt.healing.trainer import _Trainable, _Trainer
+from tokenadapt.options import HealOptions
+
+
+def test_affine_head_gradients_match_autograd_through_the_mapped_matrix() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(9, 4, generator=generator)
+    mask = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
+    affine = AffineRows(weight, mask)
+    with torch.no_grad():
+        affine.A.copy_(torch.eye(4) + 0.1 * torch.randn(4, 4, generator=generator))
+        affine.b.copy_(torch.randn(4, generator=generator))
+    affine.materialize()
+    hidden = torch.randn(5, 4, generator=generator, requires_grad=True)
+    targets = torch.tensor([1, 3, 2, 7, 0])
+
+    reference_A = affine.A.detach().clone().requires_grad_()
+    reference_b = affine.b.detach().clone().requires_grad_()
+    reference_hidden = hidden.detach().clone().requires_grad_()
+    full = weight.clone().index_put((affine.rows,), affine.base @ reference_A.T + reference_b)
+    torch.nn.functional.cross_entropy(reference_hidden @ full.T, targets).backward()
+
+    logits = AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine.base, affine.rows)
+    assert torch.allclose(logits, reference_hidden @ full.T, atol=1e-6)
+    torch.nn.functional.cross_entropy(logits, targets).backward()
+    assert affine.A.grad is not None and affine.b.grad is not None and hidden.grad is not None
+    assert torch.allclose(affine.A.grad, reference_A.grad, atol=1e-6)  # type: ignore[arg-type]
+    assert torch.allclose(affine.b.grad, reference_b.grad, atol=1e-6)  # type: ignore[arg-type]
+    assert torch.allclose(hidden.grad, reference_hidden.grad, atol=1e-6)  # type: ignore[arg-type]
+    assert torch.equal(weight[~mask], full[~mask].detach())  # unmapped rows are never touched
+
+
+def test_a_heal_step_through_the_map_equals_autograd_on_a_model_with_mapped_rows() -> None:
+    ids = [1, 12, 13, 5, 12, 30, 2]
+    model = tiny_llama(40)
+    weight = model.get_input_embeddings().weight
+    mask = torch.arange(40) >= 10
+    reference_model = tiny_llama(40)
+    reference_model.load_state_dict(model.state_dict())
+
+    options = HealOptions(fit="affine", warmup_steps=0)
+    trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, _Trainable([weight], mask), options)
+    trainer._step([Sequence(0, np.array(ids), np.arange(1, len(ids) + 1), "x" * len(ids))])
+    affine = trainer.maps[0]
+    assert affine.A.grad is not None and affine.b.grad is not None
+
+    # reference: the tied matrix as a differentiable function of A and b, the model's own forward and loss
+    A = torch.eye(weight.shape[1], requires_grad=True)
+    b = torch.zeros(weight.shape[1], requires_grad=True)
+    base = affine.base
+    matrix = reference_model.get_input_embeddings().weight.detach().index_put((mask.nonzero()[:, 0],), base @ A.T + b)
+    tokens = torch.tensor([ids])
+    logits = torch.func.functional_call(
+        reference_model, {"model.embed_tokens.weight": matrix, "lm_head.weight": matrix}, (tokens,)
+    ).logits[0, :-1]
+    torch.nn.functional.cross_entropy(logits, tokens[0, 1:], reduction="mean").backward()
+    assert A.grad is not None and b.grad is not None
+    assert torch.allclose(affine.A.grad, A.grad, atol=1e-5)
+    assert torch.allclose(affine.b.grad, b.grad, atol=1e-5)
+    # after the step the matrix holds the mapped rows, and the copied rows are untouched
+    assert torch.allclose(weight[mask], base @ affine.A.detach().T + affine.b.detach())
+    assert torch.equal(weight[~mask], reference_model.get_input_embeddings().weight[~mask])
+
+
+def test_embedding_scale_is_read_from_the_module() -> None:
+    model = tiny_llama(20)
+    assert embedding_scale(model) == pytest.approx(1.0)
+
+    class Scaled(torch.nn.Embedding):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return super().forward(input) * 3.0
+
+    class Shifted(torch.nn.Embedding):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return super().forward(input) + 1.0
+
+    for module_class, expected in ((Scaled, 3.0), (Shifted, None)):
+        module = module_class(20, model.config.hidden_size)
+        module.weight.data.copy_(model.get_input_embeddings().weight.data)
+        model.set_input_embeddings(module)
+        if expected is None:
+            with pytest.raises(InputError, match="--fit rows"):
+                embedding_scale(model)
+        else:
+            assert embedding_scale(model) == pytest.approx(expected)
+
+
+def test_a_head_with_a_bias_is_refused_with_the_fix() -> None:
+    model = tiny_llama(30)
+    model.config.tie_word_embeddings = False
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, 30, bias=True)
+    trainable = _Trainable([model.get_input_embeddings().weight, model.lm_head.weight], torch.arange(30) >= 10)
+    with pytest.raises(InputError, match="Heal with --fit rows"):
+        _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, trainable, HealOptions(fit="affine"))
