@@ -107,3 +107,25 @@ def test_a_head_with_a_bias_is_refused_with_the_fix() -> None:
     trainable = _Trainable([model.get_input_embeddings().weight, model.lm_head.weight], torch.arange(30) >= 10)
     with pytest.raises(InputError, match="Heal with --fit rows"):
         _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, trainable, HealOptions(fit="affine"))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_map_moves_every_mapped_row_even_unseen_ones_and_lowers_the_loss(tied: bool) -> None:
+    model = tiny_llama(80, tied=tied)
+    weights = [model.get_input_embeddings().weight] + ([] if tied else [model.lm_head.weight])
+    before = [w.detach().clone() for w in weights]
+    mask = torch.arange(80) >= 10  # 70 mapped rows > d + 1 = 33, so an affine relation is not automatic
+    options = HealOptions(fit="affine", learning_rate=1e-2, map_learning_rate=1e-2, warmup_steps=0)
+    trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, _Trainable(weights, mask), options)
+    batch = [Sequence(0, np.array([1, 12, 13, 5, 12, 30, 2, 13]), np.arange(1, 9), "x" * 8)]
+    losses = [trainer._step(batch) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    for weight, original in zip(weights, before, strict=True):
+        after = weight.detach()
+        assert torch.equal(after[~mask], original[~mask])  # copied rows byte-identical
+        assert (after[mask] != original[mask]).any(dim=1).all()  # every mapped row moved, ids 14..79 never seen
+        design = torch.cat([original[mask].double(), torch.ones(int(mask.sum()), 1, dtype=torch.float64)], dim=1)
+        solution = torch.linalg.lstsq(design, after[mask].double()).solution
+        assert torch.allclose(design @ solution, after[mask].double(), atol=1e-5)  # one affine map of the estimates
+        body = [p for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n]
+        assert all(not p.requires_grad for p in body)

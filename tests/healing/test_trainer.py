@@ -34,7 +34,7 @@ def quick(**overrides: object) -> HealOptions:
         "patience": 10,
         "held_out_bytes": 400,
         "learning_rate": 3e-2,
-        "map_learning_rate": 1e-2,
+        "map_learning_rate": 3e-2,
         "warmup_steps": 1,
     }
     return HealOptions(**{**values, **overrides})  # type: ignore[arg-type]
@@ -53,7 +53,7 @@ def transplanted(tmp_path: Path, model_dir: Path, tokenizer_dir: Path, embedder:
     return out
 
 
-@pytest.mark.parametrize("fit", ["affine", "rows"])
+@pytest.mark.parametrize("fit", ["rows"])  # the affine fit's rows: tests/healing/test_affine.py
 @pytest.mark.parametrize("tied", [True, False])
 def test_only_the_new_rows_change(
     tmp_path: Path,
@@ -91,18 +91,11 @@ def test_only_the_new_rows_change(
             assert torch.equal(after[name], tensor), name  # the frozen body, byte for byte
 
 
-@pytest.mark.parametrize(("fit", "fall"), [("rows", 0.95), ("affine", 0.99)])  # a map has fewer parameters
 def test_training_loss_falls_and_held_out_is_never_trained_on(
-    tmp_path: Path,
-    tied_model_dir: Path,
-    new_tokenizer_dir: Path,
-    tiny_embedder_dir: Path,
-    heal_text: Path,
-    fit: str,
-    fall: float,
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
 ) -> None:
     zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
-    options = quick(objective="ntp", fit=fit)
+    options = quick(objective="ntp", fit="rows")
     result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], options)
     parts = split_text(heal_text.read_text(), "t", options.held_out_bytes, 0)
     described = result.texts[0]
@@ -116,7 +109,7 @@ def test_training_loss_falls_and_held_out_is_never_trained_on(
     for directory in (zero_shot, tmp_path / "healed"):
         model, tokenizer = load_scored_model(directory)
         losses.append(score_text(model, tokenizer, parts.train, scoring).bits_per_byte)
-    assert losses[1] < losses[0] * fall
+    assert losses[1] < losses[0] * 0.95
     name = described["name"]
     assert result.after["bits_per_byte"][name] < result.before["bits_per_byte"][name]
     assert [p["step"] for p in result.curve] == [0, 2, 4, 6]
@@ -220,15 +213,20 @@ def test_a_failed_check_leaves_no_output_and_the_input_untouched(
     assert {p.name: p.read_bytes() for p in zero_shot.iterdir()} == before
 
 
-def test_sparse_updates_move_only_rows_of_tokens_in_the_text(
-    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
-) -> None:
-    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+def tokens_in_training_text(zero_shot: Path, heal_text: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool [V]: ids the training part of `heal_text` uses, the zero-shot input matrix [V, d])."""
     tokenizer = AutoTokenizer.from_pretrained(zero_shot)
     parts = split_text(heal_text.read_text(), "t", 400, 0)
     in_text = torch.zeros(len(tokenizer), dtype=torch.bool)
     in_text[torch.tensor(tokenizer(parts.train, add_special_tokens=False).input_ids)] = True
-    before = load_file(str(zero_shot / "model.safetensors"))["model.embed_tokens.weight"]
+    return in_text, load_file(str(zero_shot / "model.safetensors"))["model.embed_tokens.weight"]
+
+
+def test_sparse_updates_move_only_rows_of_tokens_in_the_text(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    in_text, before = tokens_in_training_text(zero_shot, heal_text)
     moved = {}
     for sparse in (True, False):
         out = tmp_path / f"sparse-{sparse}"
@@ -238,26 +236,6 @@ def test_sparse_updates_move_only_rows_of_tokens_in_the_text(
         moved[sparse] = (after != before).any(dim=1)
     assert moved[True].any() and not (moved[True] & ~in_text).any()  # sparse: only tokens of the text
     assert (moved[False] & ~in_text).any()  # dense: the softmax gradient reaches tokens the text never uses
-
-
-def test_the_affine_fit_moves_new_rows_the_text_never_shows_along_one_map(
-    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
-) -> None:
-    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
-    tokenizer = AutoTokenizer.from_pretrained(zero_shot)
-    parts = split_text(heal_text.read_text(), "t", 400, 0)
-    in_text = torch.zeros(len(tokenizer), dtype=torch.bool)
-    in_text[torch.tensor(tokenizer(parts.train, add_special_tokens=False).input_ids)] = True
-    before = load_file(str(zero_shot / "model.safetensors"))["model.embed_tokens.weight"]
-    result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], quick(fit="affine", budget="2steps"))
-    after = load_file(str(tmp_path / "healed" / "model.safetensors"))["model.embed_tokens.weight"]
-    moved = (after != before).any(dim=1)
-    assert int(moved.sum()) == result.rows["trained"]  # every new row, and only those
-    assert (moved & ~in_text).any()  # including tokens the text never shows
-    # one map: the healed new rows are an affine function of their zero-shot values (exact least squares fit)
-    design = torch.cat([before[moved].double(), torch.ones(int(moved.sum()), 1, dtype=torch.float64)], dim=1)
-    solution = torch.linalg.lstsq(design, after[moved].double()).solution
-    assert torch.allclose(design @ solution, after[moved].double(), atol=1e-5)
 
 
 def test_without_train_inputs_an_untied_model_keeps_its_input_rows(
