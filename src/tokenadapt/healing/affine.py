@@ -42,12 +42,11 @@ class AffineRows:
         self.position = torch.full((int(weight.shape[0]),), -1, dtype=torch.long)  # row id -> index in base
         self.position[self.rows] = torch.arange(self.rows.numel())
 
-    def mapped(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(is_mapped [T] bool, rows [T, d]): A @ e + b for the mapped ids, differentiable in A and b; 0 elsewhere."""
+    def mapped(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows [*ids.shape, d]: A @ e + b for the mapped ids, differentiable in A and b; 0 for the other ids."""
         index = self.position[ids]
-        is_mapped = index >= 0
         rows = self.base[index.clamp(min=0)] @ self.A.T + self.b
-        return is_mapped, rows * is_mapped.unsqueeze(-1)
+        return rows * (index >= 0).unsqueeze(-1)
 
     @torch.no_grad()
     def materialize(self) -> None:
@@ -113,7 +112,7 @@ def install_input_hook(model: Any, maps: AffineRows, scale: float) -> torch.util
         ids = args[0] if args else kwargs.get("input")
         if not torch.is_grad_enabled() or ids is None:
             return None
-        _, rows = maps.mapped(ids)
+        rows = maps.mapped(ids)
         return output + scale * (rows - rows.detach()).to(output.dtype)
 
     return model.get_input_embeddings().register_forward_hook(hook, with_kwargs=True)

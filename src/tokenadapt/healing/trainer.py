@@ -403,16 +403,16 @@ class _Trainer:
     def _log_probs(self, model: Any, ids: np.ndarray, bos: int | None) -> torch.Tensor:
         """Log-probability of each token of `ids` under `model`: [T]; token 0 gets 0 without bos (no prediction).
 
-        The student's logits go through `RowSparseHead` where its head allows it (weight gradient for this step's
-        rows only)."""
+        The student's logits go through `AffineHead` with `--fit affine` (the map's gradient, no weight gradient),
+        else through `RowSparseHead` where its head allows it (weight gradient for this step's rows only)."""
         tokens = torch.from_numpy(np.concatenate([[bos], ids]) if bos is not None else ids).unsqueeze(0)
-        if model is self.student and self.head_map is not None and self.decoder is not None:
+        own_head = self.head_map is not None or self.head is not None  # the affine or the row-sparse head
+        if model is self.student and own_head and self.decoder is not None:
             hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
-            m = self.head_map
-            logits = AffineHead.apply(hidden, m.weight, m.A, m.b, m.base, m.rows)
-        elif model is self.student and self.head is not None and self.decoder is not None:
-            hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
-            logits = RowSparseHead.apply(hidden, self.head, self.step_rows)
+            if (m := self.head_map) is not None:
+                logits = AffineHead.apply(hidden, m.weight, m.A, m.b, m.base, m.rows)
+            else:
+                logits = RowSparseHead.apply(hidden, self.head, self.step_rows)
         else:
             logits = model(input_ids=tokens).logits[0, :-1]
         scored = token_log_probs(logits, tokens[0, 1:])
