@@ -2,11 +2,14 @@
 
     python benchmarks/heal_diagnostics.py shift        # new tokens' probability mass; a global logit shift (oracle)
     python benchmarks/heal_diagnostics.py output-fit   # new output rows refitted on cached dev hidden states
+    python benchmarks/heal_diagnostics.py output-map   # one affine map of the new output rows, on the same states
 
 Both read the zero-shot transplant that `benchmarks/heal.py` caches, score the first 20,000 bytes of each test
 split in 512-token non-overlapping windows, and print bits per byte and the ratio to the original. `output-fit`
 is what an untied head could get with no backward through the body: the new rows seen in the first `--dev-bytes`
-of each dev split are refitted by L-BFGS with an L2 pull (`--pull`) towards their estimates.
+of each dev split are refitted by L-BFGS with an L2 pull (`--pull`) towards their estimates. `output-map` fits
+row = A @ estimate + b for every new output row instead (Adam, 1,024 positions a batch, `--iterations` passes),
+the output half of `heal --fit affine --map-features estimate --untie`, and scores the test splits after each pass.
 """
 
 from __future__ import annotations
@@ -129,17 +132,58 @@ def output_fit(dev_bytes: int, pull: float, iterations: int) -> None:
             print(f"{name} {label}: {bpb:.4f} bits/byte, {bpb / ORIGINAL_BPB[name]:.3f}x")
 
 
+def output_map(dev_bytes: int, passes: int, lr_map: float = 1e-3, lr_offset: float = 1e-2) -> None:
+    model, tokenizer, weight, new = load()
+    dev = [hidden_states(model, tokenizer, first_bytes(name, "dev", dev_bytes)) for name in TEXTS]
+    hidden = torch.cat([h for h, _ in dev])
+    targets = torch.cat([t for _, t in dev])
+    tests = {}
+    for name in TEXTS:
+        text = first_bytes(name, "test", 20000)
+        tests[name] = (len(text.encode()), *hidden_states(model, tokenizer, text))
+    base = weight[new].clone()
+    position = torch.full((weight.shape[0],), -1, dtype=torch.long)
+    position[new] = torch.arange(int(new.sum()))
+    index = position[targets]
+    with torch.no_grad():  # the copied rows never change: their log-sum-exp and target logits are fixed
+        lse_fixed = torch.cat(
+            [torch.logsumexp(hidden[s : s + 2048] @ weight[~new].T, -1) for s in range(0, len(hidden), 2048)]
+        )
+        target_fixed = (hidden * weight[targets]).sum(-1)
+    A = torch.eye(weight.shape[1], requires_grad=True)
+    b = torch.zeros(weight.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([{"params": [A], "lr": lr_map}, {"params": [b], "lr": lr_offset}])
+    generator = torch.Generator().manual_seed(0)
+    for number in range(1, passes + 1):
+        order = torch.randperm(len(hidden), generator=generator)
+        for start in range(0, len(hidden), 1024):
+            batch = order[start : start + 1024]
+            h, at = hidden[batch], index[batch]
+            logits = (h @ A) @ base.T + (h @ b)[:, None]  # the new rows' logits, A @ e + b, without writing rows
+            lse = torch.logaddexp(lse_fixed[batch], torch.logsumexp(logits, -1))
+            target = torch.where(at >= 0, logits.gather(1, at.clamp(min=0)[:, None])[:, 0], target_fixed[batch])
+            optimizer.zero_grad()
+            (lse - target).mean().backward()
+            optimizer.step()
+        mapped = weight.clone()
+        mapped[new] = (base @ A.T + b).detach()
+        ratios = [bits_per_byte(h, t, mapped, n) / ORIGINAL_BPB[name] for name, (n, h, t) in tests.items()]
+        print(f"pass {number}: " + ", ".join(f"{name} {r:.3f}x" for name, r in zip(TEXTS, ratios, strict=True)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["shift", "output-fit"])
+    parser.add_argument("which", choices=["shift", "output-fit", "output-map"])
     parser.add_argument("--dev-bytes", type=int, default=40000)
     parser.add_argument("--pull", type=float, default=10.0, help="L2 pull towards the estimates (0: none)")
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--iterations", type=int, default=30, help="L-BFGS iterations (output-map: passes)")
     args = parser.parse_args()
     if args.which == "shift":
         shift()
-    else:
+    elif args.which == "output-fit":
         output_fit(args.dev_bytes, args.pull, args.iterations)
+    else:
+        output_map(args.dev_bytes, args.iterations)
 
 
 if __name__ == "__main__":

@@ -285,6 +285,7 @@ HEAL_OBJECTIVES = ("ntp", "distill")
 HEAL_ROWS = ("new", "all")
 HEAL_OPTIMIZERS = ("adam", "lazy-adam", "sgd")
 HEAL_FITS = ("affine", "rows")
+HEAL_MAP_FEATURES = ("auto", "estimate", "pieces")
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,17 @@ class HealOptions:
         "affine",
         "affine: one map shared by the trained rows (row = A @ estimate + b), so tokens the text never shows heal "
         "too; rows: every trained row moves on its own (docs/results.md compares them)",
+    )
+    map_features: str = _opt(
+        "auto",
+        "--fit affine: what the map reads for each row. estimate: its zero-shot row; pieces: that and the original "
+        "model's rows of the first and last old-tokenizer piece of the token (with --rows new); auto: pieces with "
+        "--rows new, else estimate",
+    )
+    untie: bool = _opt(
+        False,
+        "give a tied model its own output matrix, so input and output rows heal apart (a map each with --fit "
+        "affine); the saved model is untied: one more [V, d] matrix on disk",
     )
     learning_rate: float = _opt(
         3e-3, "Adam learning rate for the trained rows, or for the map's offset b (no weight decay)"
@@ -334,9 +346,9 @@ class HealOptions:
     )
     warmup_steps: int = _opt(4, "linear learning-rate warmup over this many optimizer steps")
     decay: str = _opt(
-        "constant",
-        "after warm-up: 'constant', or 'linear' down to 0 at the end of the budget (by steps, or by time for a "
-        "minutes budget)",
+        "linear",
+        "after warm-up: 'linear' down to 0 at the end of the budget (by steps, or by time for a minutes budget), or "
+        "'constant'",
     )
     context: int = _opt(512, "tokens per training sequence")
     batch_size: int = _opt(2, "sequences per optimizer step (processed one at a time: memory stays one sequence's)")
@@ -356,6 +368,12 @@ class HealOptions:
             (self.map_learning_rate > 0, "--map-learning-rate must be positive"),
             (self.fit in HEAL_FITS, f"--fit must be one of {', '.join(HEAL_FITS)}"),
             (self.fit == "rows" or self.optimizer != "lazy-adam", "--optimizer lazy-adam needs --fit rows"),
+            (
+                self.map_features in HEAL_MAP_FEATURES,
+                f"--map-features must be one of {', '.join(HEAL_MAP_FEATURES)}",
+            ),
+            (self.map_features != "pieces" or self.fit == "affine", "--map-features pieces needs --fit affine"),
+            (self.map_features != "pieces" or self.rows == "new", "--map-features pieces needs --rows new"),
             (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
             (self.decay in ("constant", "linear"), "--decay must be constant or linear"),
             (self.optimizer in HEAL_OPTIMIZERS, f"--optimizer must be one of {', '.join(HEAL_OPTIMIZERS)}"),

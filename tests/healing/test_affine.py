@@ -3,27 +3,45 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tests.conftest import tiny_llama
 from tokenadapt.errors import InputError
-from tokenadapt.healing.affine import AffineHead, AffineRows, embedding_scale
+from tokenadapt.healing.affine import AffineHead, AffineRows, Lookup, embedding_scale
 from tokenadapt.healing.data import Sequence
-from tokenadapt.healing.trainer import _Trainable, _Trainer
+from tokenadapt.healing.trainer import _Trainable, _Trainer, piece_lookups, untie_output
 from tokenadapt.options import HealOptions
+from tokenadapt.vocab.decompose import Decomposition
 
 
-def test_affine_head_gradients_match_autograd_through_the_mapped_matrix() -> None:
+def features(affine: AffineRows, lookups: list[Lookup]) -> torch.Tensor:
+    """The map's input [N, d + k...] written out: the estimates, then each lookup's rows (zeros for index -1)."""
+    parts = [affine.base]
+    for lookup in lookups:
+        rows = lookup.table[lookup.index.clamp(min=0)]
+        parts.append(rows * (lookup.index >= 0).unsqueeze(1))
+    return torch.cat(parts, dim=1)
+
+
+@pytest.mark.parametrize("with_lookups", [False, True])
+def test_affine_head_gradients_match_autograd_through_the_mapped_matrix(with_lookups: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(9, 4, generator=generator)
     mask = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
-    affine = AffineRows(weight, mask)
+    table = torch.randn(3, 6, generator=generator)  # two features read from it, one index shared, one missing
+    lookups = [Lookup(table, torch.tensor([2, 0, 2, -1, 1])), Lookup(table, torch.tensor([1, 1, 0, 2, -1]))]
+    lookups = lookups if with_lookups else []
+    affine = AffineRows(weight, mask, lookups)
+    width = 4 + 6 * len(lookups)
+    assert affine.A.shape == (4, width) and torch.equal(affine.base, weight[mask])
     with torch.no_grad():
-        affine.A.copy_(torch.eye(4) + 0.1 * torch.randn(4, 4, generator=generator))
+        affine.A.add_(0.1 * torch.randn(4, width, generator=generator))
         affine.b.copy_(torch.randn(4, generator=generator))
     affine.materialize()
     hidden = torch.randn(5, 4, generator=generator, requires_grad=True)
@@ -32,10 +50,10 @@ def test_affine_head_gradients_match_autograd_through_the_mapped_matrix() -> Non
     reference_A = affine.A.detach().clone().requires_grad_()
     reference_b = affine.b.detach().clone().requires_grad_()
     reference_hidden = hidden.detach().clone().requires_grad_()
-    full = weight.clone().index_put((affine.rows,), affine.base @ reference_A.T + reference_b)
+    full = weight.clone().index_put((affine.rows,), features(affine, lookups) @ reference_A.T + reference_b)
     torch.nn.functional.cross_entropy(reference_hidden @ full.T, targets).backward()
 
-    logits = AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine.base, affine.rows)
+    logits = AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine)
     assert torch.allclose(logits, reference_hidden @ full.T, atol=1e-6)
     torch.nn.functional.cross_entropy(logits, targets).backward()
     assert affine.A.grad is not None and affine.b.grad is not None and hidden.grad is not None
@@ -45,24 +63,31 @@ def test_affine_head_gradients_match_autograd_through_the_mapped_matrix() -> Non
     assert torch.equal(weight[~mask], full[~mask].detach())  # unmapped rows are never touched
 
 
-def test_a_heal_step_through_the_map_equals_autograd_on_a_model_with_mapped_rows() -> None:
+@pytest.mark.parametrize("with_lookups", [False, True])
+def test_a_heal_step_through_the_map_equals_autograd_on_a_model_with_mapped_rows(with_lookups: bool) -> None:
     ids = [1, 12, 13, 5, 12, 30, 2]
     model = tiny_llama(40)
     weight = model.get_input_embeddings().weight
     mask = torch.arange(40) >= 10
     reference_model = tiny_llama(40)
     reference_model.load_state_dict(model.state_dict())
+    # features as --map-features pieces reads them: rows of another model's matrix, some tokens without
+    other = tiny_llama(30, seed=1).get_input_embeddings().weight.detach()
+    index = torch.arange(30) % 29 - (torch.arange(30) % 7 == 0).long() * 100
+    lookups = [Lookup(other, index.clamp(min=-1)), Lookup(other, index.flip(0).clamp(min=-1))] if with_lookups else []
 
     options = HealOptions(fit="affine", warmup_steps=0)
-    trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, _Trainable([weight], mask), options)
+    trainable = _Trainable([weight], mask)
+    tokenizer = SimpleNamespace(bos_token_id=None)
+    trainer = _Trainer(model, tokenizer, None, None, trainable, options, [lookups])
     trainer._step([Sequence(0, np.array(ids), np.arange(1, len(ids) + 1), "x" * len(ids))])
     affine = trainer.maps[0]
     assert affine.A.grad is not None and affine.b.grad is not None
 
     # reference: the tied matrix as a differentiable function of A and b, the model's own forward and loss
-    A = torch.eye(weight.shape[1], requires_grad=True)
+    base = features(affine, lookups)
+    A = torch.eye(weight.shape[1], base.shape[1]).requires_grad_()
     b = torch.zeros(weight.shape[1], requires_grad=True)
-    base = affine.base
     matrix = reference_model.get_input_embeddings().weight.detach().index_put((mask.nonzero()[:, 0],), base @ A.T + b)
     tokens = torch.tensor([ids])
     logits = torch.func.functional_call(
@@ -129,3 +154,37 @@ def test_the_map_moves_every_mapped_row_even_unseen_ones_and_lowers_the_loss(tie
         assert torch.allclose(design @ solution, after[mask].double(), atol=1e-5)  # one affine map of the estimates
         body = [p for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n]
         assert all(not p.requires_grad for p in body)
+
+
+def test_untie_gives_the_head_its_own_copy_and_the_saved_model_stays_untied(tmp_path: Path) -> None:
+    model = tiny_llama(30)
+    embedding = model.get_input_embeddings().weight
+    assert untie_output(model)
+    head = model.get_output_embeddings().weight
+    assert head.data_ptr() != embedding.data_ptr() and torch.equal(head, embedding)
+    assert not untie_output(model)  # already untied: nothing to do
+    with torch.no_grad():
+        head[3] += 1.0
+    assert not torch.equal(head[3], embedding[3])
+    model.save_pretrained(str(tmp_path))
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert not reloaded.config.tie_word_embeddings
+    assert torch.equal(reloaded.get_output_embeddings().weight, head)
+    assert torch.equal(reloaded.get_input_embeddings().weight, embedding)
+
+
+def test_piece_lookups_read_the_old_rows_of_each_tokens_first_and_last_piece() -> None:
+    old = torch.arange(20.0).reshape(10, 2)
+    pieces = Decomposition(
+        torch.tensor([[4, 7, 2], [5, 0, 0], [0, 0, 0]]),
+        torch.tensor([[True, True, True], [True, False, False], [False, False, False]]),
+    )
+    lookups = piece_lookups(pieces, old)
+    affine = AffineRows(torch.zeros(5, 2), torch.tensor([False, True, True, False, True]), lookups)
+    assert features(affine, lookups)[:, 2:].tolist() == [[8.0, 9.0, 4.0, 5.0], [10.0, 11.0, 10.0, 11.0], [0.0] * 4]
+    with torch.no_grad():  # the map reading only the first piece: the rows become those pieces' old rows
+        affine.A.zero_()
+        affine.A[:, 2:4] = torch.eye(2)
+    affine.materialize()
+    assert affine.weight[[1, 2, 4]].tolist() == [[8.0, 9.0], [10.0, 11.0], [0.0, 0.0]]
+    assert affine.mapped(torch.tensor([2, 3])).tolist() == [[10.0, 11.0], [0.0, 0.0]]

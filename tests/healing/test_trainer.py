@@ -36,6 +36,7 @@ def quick(**overrides: object) -> HealOptions:
         "learning_rate": 3e-2,
         "map_learning_rate": 3e-2,
         "warmup_steps": 1,
+        "decay": "constant",  # six steps: a decay to 0 would leave the last ones with nothing to show
     }
     return HealOptions(**{**values, **overrides})  # type: ignore[arg-type]
 
@@ -89,6 +90,37 @@ def test_only_the_new_rows_change(
             assert not torch.equal(after[name][new_rows], tensor[new_rows]), name  # new rows trained
         else:
             assert torch.equal(after[name], tensor), name  # the frozen body, byte for byte
+
+
+def test_untied_with_piece_features_input_and_output_heal_apart_and_copied_rows_stay(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    out = tmp_path / "healed"
+    result = heal(zero_shot, out, [str(heal_text)], quick(untie=True, map_features="pieces"))
+    assert result.rows["untied"] and result.rows["map_features"] == "pieces"
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    assert "untied from the input matrix" in (out / "README.md").read_text()
+
+    before = load_file(str(zero_shot / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    matrix = before["model.embed_tokens.weight"]
+    assert set(after) == set(before) | {"lm_head.weight"}
+    new_rows = torch.zeros(len(matrix), dtype=torch.bool)
+    zero_shot_tokenizer = AutoTokenizer.from_pretrained(zero_shot)
+    original_tokenizer = AutoTokenizer.from_pretrained(tied_model_dir)
+    alignment = align_vocabularies(
+        build_vocabulary(original_tokenizer), build_vocabulary(zero_shot_tokenizer), len(original_tokenizer)
+    )
+    new_rows[torch.from_numpy(alignment.estimated_ids)] = True
+    inputs, outputs = after["model.embed_tokens.weight"], after["lm_head.weight"]
+    for healed in (inputs, outputs):
+        assert torch.equal(healed[~new_rows], matrix[~new_rows])  # copied rows byte-identical, in both
+        assert (healed[new_rows] != matrix[new_rows]).any(dim=1).all()  # every new row moved
+    assert not torch.equal(inputs[new_rows], outputs[new_rows])  # two maps, not one
+    for name, tensor in before.items():
+        if name != "model.embed_tokens.weight":
+            assert torch.equal(after[name], tensor), name  # the frozen body
 
 
 def test_training_loss_falls_and_held_out_is_never_trained_on(
@@ -253,7 +285,7 @@ def test_without_train_inputs_an_untied_model_keeps_its_input_rows(
 def test_learning_rate_warms_up_then_stays_or_decays_with_the_budget() -> None:
     from tokenadapt.healing.trainer import learning_rate
 
-    constant = HealOptions(learning_rate=0.01, warmup_steps=4)
+    constant = HealOptions(learning_rate=0.01, warmup_steps=4, decay="constant")
     rates = [learning_rate(constant, s, 0.5) for s in range(6)]
     assert rates == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
     linear = HealOptions(learning_rate=0.01, warmup_steps=4, decay="linear")
@@ -271,6 +303,9 @@ def test_learning_rate_warms_up_then_stays_or_decays_with_the_budget() -> None:
         ({"optimizer": "lazy-adam"}, "--optimizer lazy-adam needs --fit rows"),
         ({"optimizer": "adagrad"}, "--optimizer must be one of adam, lazy-adam, sgd"),
         ({"map_learning_rate": 0.0}, "--map-learning-rate must be positive"),
+        ({"map_features": "words"}, "--map-features must be one of auto, estimate, pieces"),
+        ({"map_features": "pieces", "rows": "all"}, "--map-features pieces needs --rows new"),
+        ({"map_features": "pieces", "fit": "rows"}, "--map-features pieces needs --fit affine"),
     ],
 )
 def test_heal_options_name_the_bad_flag(overrides: dict[str, object], message: str) -> None:

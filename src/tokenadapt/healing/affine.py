@@ -15,77 +15,121 @@ through two paths that add no value to the forward:
   from the logits' gradient G [T, V]: with X = G[:, rows] @ E [T, d], dA = H.T @ X and db = H.T @ G[:, rows].sum(1),
   the same cost as the hidden-state gradient, and no [V, d] weight gradient at all.
 
+The map may read more than the estimate (`--map-features pieces`: the original model's rows of the token's first and
+last old-tokenizer piece). Such features are `Lookup`s into a small table, so neither the rows' values nor the
+gradient products ever build an [N, d] feature matrix per feature.
+
     >>> affine = AffineRows(model.get_input_embeddings().weight, mask)    # mask: bool [V], the rows to map
-    >>> logits = AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine.base, affine.rows)
+    >>> logits = AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine)
     >>> loss.backward(); optimizer.step(); affine.materialize()
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from tokenadapt.errors import InputError
 
 
-class AffineRows:
-    """The rows `mask` of `weight` [V, d] as A @ e + b over their values now (A = identity, b = 0 at the start)."""
+@dataclass(frozen=True)
+class Lookup:
+    """A feature read from a table: row r of the map reads `table[index[r]]` (zeros where index[r] is -1).
 
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
+    The table is small (e.g. the original model's [V_old, d] matrix), so `A_j @ table[index]` for every mapped row
+    costs one [V_old, d] product and a gather, not an [N, d] product, and no [N, d] copy is kept.
+    """
+
+    table: torch.Tensor  # [M, k]
+    index: torch.Tensor  # long [N], -1 for "no such feature"
+
+
+class AffineRows:
+    """The rows `mask` of `weight` [V, d] as A @ f + b, f = [e, t_1[i_1], t_2[i_2], ...]: e the rows' values now,
+    then one `Lookup` per extra feature. A [d, d + k_1 + k_2 ...] starts as [identity, 0, ...] and b at 0, so
+    nothing moves until the first step.
+    """
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, lookups: list[Lookup] | None = None) -> None:
         self.weight = weight
         self.rows = mask.nonzero().squeeze(1)  # [N]
         self.base = weight.detach()[self.rows].clone()  # [N, d]: the transplant's estimates
         dim = int(weight.shape[1])
-        self.A = torch.eye(dim, dtype=weight.dtype, requires_grad=True)
+        self.tables: list[torch.Tensor] = []  # each with a zero row appended, which index -1 reads
+        self.indices: list[torch.Tensor] = []
+        for lookup in lookups or []:
+            if lookup.index.shape != self.rows.shape:
+                raise ValueError(f"a lookup indexes {lookup.index.numel()} rows, but {self.rows.numel()} are mapped")
+            table = lookup.table.detach().to(weight.dtype)
+            self.tables.append(torch.cat([table, table.new_zeros(1, table.shape[1])]))
+            self.indices.append(torch.where(lookup.index < 0, table.shape[0], lookup.index))
+        widths = [dim] + [int(t.shape[1]) for t in self.tables]
+        self.A = torch.cat([torch.eye(dim, dtype=weight.dtype)] + [self.base.new_zeros(dim, w) for w in widths[1:]], 1)
+        self.A.requires_grad_(True)
+        ends = np.cumsum(widths).tolist()
+        self.blocks = [slice(end - width, end) for end, width in zip(ends, widths, strict=True)]  # A's column blocks
         self.b = torch.zeros(dim, dtype=weight.dtype, requires_grad=True)
         self.position = torch.full((int(weight.shape[0]),), -1, dtype=torch.long)  # row id -> index in base
         self.position[self.rows] = torch.arange(self.rows.numel())
 
     def mapped(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows [*ids.shape, d]: A @ e + b for the mapped ids, differentiable in A and b; 0 for the other ids."""
+        """Rows [*ids.shape, d]: A @ f + b for the mapped ids, differentiable in A and b; 0 for the other ids."""
         index = self.position[ids]
-        rows = self.base[index.clamp(min=0)] @ self.A.T + self.b
+        at = index.clamp(min=0)
+        rows = self.base[at] @ self.A[:, self.blocks[0]].T + self.b
+        for block, table, lookup in zip(self.blocks[1:], self.tables, self.indices, strict=True):
+            rows = rows + table[lookup[at]] @ self.A[:, block].T
         return rows * (index >= 0).unsqueeze(-1)
 
     @torch.no_grad()
     def materialize(self) -> None:
-        """Write A @ e + b into the mapped rows of the matrix (after each optimizer step)."""
-        self.weight[self.rows] = self.base @ self.A.T + self.b
+        """Write A @ f + b into the mapped rows of the matrix (after each optimizer step)."""
+        rows = torch.addmm(self.b, self.base, self.A[:, self.blocks[0]].T)
+        for block, table, lookup in zip(self.blocks[1:], self.tables, self.indices, strict=True):
+            rows += (table @ self.A[:, block].T)[lookup]
+        self.weight[self.rows] = rows
+
+    def feature_products(self, grad_rows: torch.Tensor) -> torch.Tensor:
+        """grad_rows [T, N] @ F [N, d + k...] without building F: the lookups' parts are summed per table row first."""
+        parts = [grad_rows @ self.base]
+        for table, lookup in zip(self.tables, self.indices, strict=True):
+            per_row = grad_rows.new_zeros(grad_rows.shape[0], table.shape[0]).index_add_(1, lookup, grad_rows)
+            parts.append(per_row @ table)
+        return torch.cat(parts, dim=1)
 
 
 class AffineHead(torch.autograd.Function):
-    """logits [T, V] = hidden [T, d] @ weight.T; backward: d hidden in full, dA [d, d] and db [d] for `rows`.
+    """logits [T, V] = hidden [T, d] @ weight.T; backward: d hidden in full, dA and db of the map `affine`.
 
-    `weight` must hold the materialised rows (A @ base.T + b for `rows`); it gets no gradient itself.
+    `weight` must hold the materialised rows (`affine.materialize()`); it gets no gradient itself.
     """
 
     @staticmethod
     def forward(
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        A: torch.Tensor,
-        b: torch.Tensor,
-        base: torch.Tensor,
-        rows: torch.Tensor,
+        hidden: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, b: torch.Tensor, affine: AffineRows
     ) -> torch.Tensor:
         return hidden @ weight.T
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        hidden, weight, _A, _b, base, rows = inputs
-        ctx.save_for_backward(hidden, weight, base, rows)
+        hidden, weight, _A, _b, affine = inputs
+        ctx.save_for_backward(hidden, weight)
+        ctx.affine = affine
 
     @staticmethod
     def backward(ctx: Any, grad_logits: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        hidden, weight, base, rows = ctx.saved_tensors
+        hidden, weight = ctx.saved_tensors
+        affine: AffineRows = ctx.affine
         grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
         grad_A = grad_b = None
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            grad_rows = grad_logits[:, rows]  # [T, N]
-            grad_A = hidden.T @ (grad_rows @ base)
+            grad_rows = grad_logits[:, affine.rows]  # [T, N]
+            grad_A = hidden.T @ affine.feature_products(grad_rows)
             grad_b = hidden.T @ grad_rows.sum(dim=1)
-        return grad_hidden, None, grad_A, grad_b, None, None
+        return grad_hidden, None, grad_A, grad_b, None
 
 
 def embedding_scale(model: Any) -> float:

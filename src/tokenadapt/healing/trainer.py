@@ -35,7 +35,7 @@ from tokenadapt.errors import InputError
 from tokenadapt.evaluation.evaluator import load_scored_model
 from tokenadapt.evaluation.scoring import encode_with_byte_ends, score_text, wants_bos
 from tokenadapt.file_level import verify_directory
-from tokenadapt.healing.affine import AffineHead, AffineRows, embedding_scale, install_input_hook
+from tokenadapt.healing.affine import AffineHead, AffineRows, Lookup, embedding_scale, install_input_hook
 from tokenadapt.healing.data import HealText, Sequence, load_heal_texts, make_sequences, take_turns
 from tokenadapt.healing.head import RowSparseHead, output_head
 from tokenadapt.healing.objectives import chunk_distillation_terms, token_log_probs
@@ -45,6 +45,7 @@ from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_mem
 from tokenadapt.tokenizer_io import load_tokenizer, save_tokenizer
 from tokenadapt.transplant import REPORT_NAME
 from tokenadapt.vocab import MatchMode, align_vocabularies, build_vocabulary
+from tokenadapt.vocab.decompose import Decomposition, decompose
 from tokenadapt.zoo import resolve_model
 
 log = logging.getLogger("tokenadapt")
@@ -107,7 +108,7 @@ class HealResult:
             table.append(row)
         lines = [
             f"## Heal: {self.model} ({self.objective}, rows {self.options['rows']}, "
-            f"fit {self.rows.get('fit', 'rows')})",
+            f"fit {self.rows.get('fit', 'rows')}{', untied' if self.rows.get('untied') else ''})",
             "",
             f"Output: `{self.out_dir}`; trained {self.rows['trained']} of {self.rows['total']} rows "
             f"for {self.steps} steps ({self.tokens_trained} tokens); kept step {self.best_step}; stopped: "
@@ -133,6 +134,7 @@ class _Trainable:
 
     parameters: list[torch.nn.Parameter]
     mask: torch.Tensor  # bool [rows]
+    pieces: Decomposition | None = None  # the trained rows' old-tokenizer pieces, in row order (with --rows new)
 
     def snapshot(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.parameters]
@@ -175,8 +177,12 @@ def heal(
         if teacher_spec:
             teacher, teacher_tokenizer = load_scored_model(teacher_spec)
             teacher = teacher.float()
+    untied = options.untie and untie_output(student)
     teacher_rows = None if teacher is None else int(teacher.get_input_embeddings().weight.shape[0])
     trainable = _trainable_rows(student, tokenizer, teacher_tokenizer, teacher_rows, options, transplant_report)
+    extra = None
+    if trainable.pieces is not None and teacher is not None:
+        extra = [piece_lookups(trainable.pieces, old) for old in _teacher_matrices(teacher, len(trainable.parameters))]
     eval_options = EvalOptions(context=options.context, stride=options.context)
     teacher_bpb: dict[str, float] | None = None
     if teacher is not None:
@@ -187,7 +193,7 @@ def heal(
     with timings.stage("tokenize"):
         length = options.context - int(wants_bos(tokenizer, "auto"))
         per_text = [make_sequences(tokenizer, t.train, i, length) for i, t in enumerate(heal_texts)]
-    trainer = _Trainer(student, tokenizer, teacher, teacher_tokenizer, trainable, options)
+    trainer = _Trainer(student, tokenizer, teacher, teacher_tokenizer, trainable, options, extra)
     with timings.stage("train"):
         curve, best_step, steps, tokens, stopped = trainer.run(
             per_text, heal_texts, teacher_bpb, eval_options, budget_seconds, budget_steps, progress
@@ -205,6 +211,8 @@ def heal(
             "total": int(trainable.mask.numel()),
             "kind": options.rows,
             "fit": options.fit,
+            "map_features": None if options.fit != "affine" else "pieces" if extra else "estimate",
+            "untied": untied,
         },
         teacher_bits_per_byte=teacher_bpb,
         curve=curve,
@@ -246,6 +254,7 @@ class _Trainer:
         teacher_tokenizer: Any,
         trainable: _Trainable,
         options: HealOptions,
+        extra: list[list[Lookup]] | None = None,
     ) -> None:
         self.student, self.tokenizer = student, tokenizer
         self.teacher, self.teacher_tokenizer = teacher, teacher_tokenizer
@@ -262,7 +271,7 @@ class _Trainer:
         self.maps: list[AffineRows] = []
         self.head_map: AffineRows | None = None
         if options.fit == "affine":
-            self._setup_affine(student, trainable, options)
+            self._setup_affine(student, trainable, options, extra)
         else:
             for parameter in trainable.parameters:
                 parameter.requires_grad_(True)
@@ -287,8 +296,11 @@ class _Trainer:
         )
         self.optimizer = make_optimizer(options.optimizer, groups, options.learning_rate)
 
-    def _setup_affine(self, student: Any, trainable: _Trainable, options: HealOptions) -> None:
-        """One map per trained matrix (one for a tied model); the head's map needs a plain linear head."""
+    def _setup_affine(
+        self, student: Any, trainable: _Trainable, options: HealOptions, extra: list[list[Lookup]] | None
+    ) -> None:
+        """One map per trained matrix (one for a tied model); the head's map needs a plain linear head.
+        `extra[i]`: more features of the rows of `trainable.parameters[i]` for its map to read."""
         head_weight = output_head(student)
         if head_weight is None:
             raise InputError(
@@ -296,7 +308,11 @@ class _Trainer:
                 "(no bias, logit scale or soft-capping), and this model's are not.",
                 "Heal with --fit rows.",
             )
-        self.maps = [AffineRows(parameter, trainable.mask) for parameter in trainable.parameters]
+        features = extra or [[] for _ in trainable.parameters]
+        self.maps = [
+            AffineRows(parameter, trainable.mask, more)
+            for parameter, more in zip(trainable.parameters, features, strict=True)
+        ]
         self.head_map = next(m for m in self.maps if m.weight.data_ptr() == head_weight.data_ptr())
         if options.train_inputs:
             install_input_hook(student, self.maps[0], embedding_scale(student))
@@ -410,7 +426,7 @@ class _Trainer:
         if model is self.student and own_head and self.decoder is not None:
             hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
             if (m := self.head_map) is not None:
-                logits = AffineHead.apply(hidden, m.weight, m.A, m.b, m.base, m.rows)
+                logits = AffineHead.apply(hidden, m.weight, m.A, m.b, m)
             else:
                 logits = RowSparseHead.apply(hidden, self.head, self.step_rows)
         else:
@@ -477,9 +493,10 @@ def row_sparse(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def learning_rate(options: HealOptions, step: int, used: float) -> float:
     """The learning rate of optimizer step `step` (0-based) when `used` of the budget is spent.
 
-    Linear warm-up over `warmup_steps`, then constant, or with `--decay linear` falling to 0 as `used` -> 1.
+    Linear warm-up over `warmup_steps`, then falling linearly to 0 as `used` -> 1 (`--decay linear`, the default),
+    or constant.
 
-    >>> learning_rate(HealOptions(learning_rate=1.0, warmup_steps=4), 0, 0.0)
+    >>> learning_rate(HealOptions(learning_rate=1.0, warmup_steps=4, decay="constant"), 0, 0.0)
     0.25
     >>> learning_rate(HealOptions(learning_rate=1.0, warmup_steps=4, decay="linear"), 8, 0.75)
     0.25
@@ -529,7 +546,47 @@ def _trainable_rows(
         mask = torch.zeros(rows, dtype=torch.bool)
         estimated = torch.from_numpy(alignment.estimated_ids)
         mask[estimated[estimated < rows]] = True
+        if options.map_features != "estimate" and options.fit == "affine":  # pieces, or auto with --rows new
+            pieces = decompose(old_vocab, new_vocab, mask.nonzero().squeeze(1).numpy(), teacher_rows)
+            return _Trainable(parameters, mask, pieces)
     return _Trainable(parameters, mask)
+
+
+def _teacher_matrices(teacher: Any, count: int) -> list[torch.Tensor]:
+    """The teacher's input matrix, and its output matrix when the student's trained parameters are two."""
+    matrices = [teacher.get_input_embeddings().weight.detach()]
+    if count == 2:
+        head = teacher.get_output_embeddings()
+        matrices.append(head.weight.detach() if head is not None else matrices[0])
+    return matrices
+
+
+def piece_lookups(pieces: Decomposition, old: torch.Tensor) -> list[Lookup]:
+    """Two features per token: the old rows [V_old, d] of its first and of its last piece (none without pieces).
+
+    >>> d = Decomposition(torch.tensor([[1, 2], [0, 0]]), torch.tensor([[True, True], [False, False]]))
+    >>> [lookup.index.tolist() for lookup in piece_lookups(d, torch.zeros(3, 2))]
+    [[1, -1], [2, -1]]
+    """
+    count = pieces.mask.sum(dim=1)
+    first = pieces.pieces[:, 0]
+    last = pieces.pieces.gather(1, (count - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    missing = count == 0
+    return [Lookup(old, torch.where(missing, -1, first)), Lookup(old, torch.where(missing, -1, last))]
+
+
+def untie_output(model: Any) -> bool:
+    """Give a tied model's head its own copy of the matrix; False if it was untied already (or has no head)."""
+    head = model.get_output_embeddings()
+    embedding = model.get_input_embeddings().weight
+    if head is None or head.weight.data_ptr() != embedding.data_ptr():
+        return False
+    head.weight = torch.nn.Parameter(embedding.detach().clone(), requires_grad=embedding.requires_grad)
+    model.config.tie_word_embeddings = False
+    text_config = getattr(model.config, "get_text_config", lambda: None)()
+    if text_config is not None:
+        text_config.tie_word_embeddings = False
+    return True
 
 
 def _read_transplant_report(path: Path) -> dict[str, Any] | None:
@@ -582,7 +639,9 @@ def model_card(result: HealResult) -> str:
     history.append(
         f"{len(history) + 1}. Healed by tokenadapt {result.versions['tokenadapt']}: objective `{result.objective}`, "
         f"{result.rows['trained']} embedding rows trained ({result.rows['kind']}, "
-        f"{_FIT_WORDS.get(result.rows.get('fit', 'rows'), 'fit rows')}), body frozen, "
+        f"{_FIT_WORDS.get(result.rows.get('fit', 'rows'), 'fit rows')}"
+        + ("; the output matrix untied from the input matrix" if result.rows.get("untied") else "")
+        + "), body frozen, "
         f"{result.steps} steps on "
         + ", ".join(t["name"] for t in result.texts)
         + "."
