@@ -390,6 +390,16 @@ class HealOptions:
         self.budget_limit()
         return self
 
+    @property
+    def reads_pieces(self) -> bool:
+        """Whether the affine map reads the pieces' old rows: `--map-features pieces`, or `auto` with --rows new.
+
+        >>> HealOptions().reads_pieces, HealOptions(rows="all").reads_pieces, HealOptions(fit="rows").reads_pieces
+        (True, False, False)
+        """
+        auto = self.map_features == "auto" and self.rows == "new"
+        return self.fit == "affine" and (self.map_features == "pieces" or auto)
+
     def budget_limit(self) -> tuple[float | None, int | None]:
         """(seconds, steps) from --budget; exactly one is set.
 

@@ -60,12 +60,15 @@ class AffineRows:
         dim = int(weight.shape[1])
         self.tables: list[torch.Tensor] = []  # each with a zero row appended, which index -1 reads
         self.indices: list[torch.Tensor] = []
+        padded: dict[int, torch.Tensor] = {}  # lookups into one table (first and last piece) share its copy
         for lookup in lookups or []:
             if lookup.index.shape != self.rows.shape:
                 raise ValueError(f"a lookup indexes {lookup.index.numel()} rows, but {self.rows.numel()} are mapped")
-            table = lookup.table.detach().to(weight.dtype)
-            self.tables.append(torch.cat([table, table.new_zeros(1, table.shape[1])]))
-            self.indices.append(torch.where(lookup.index < 0, table.shape[0], lookup.index))
+            if id(lookup.table) not in padded:
+                table = lookup.table.detach().to(weight.dtype)
+                padded[id(lookup.table)] = torch.cat([table, table.new_zeros(1, table.shape[1])])
+            self.tables.append(padded[id(lookup.table)])
+            self.indices.append(torch.where(lookup.index < 0, lookup.table.shape[0], lookup.index))
         widths = [dim] + [int(t.shape[1]) for t in self.tables]
         self.A = torch.cat([torch.eye(dim, dtype=weight.dtype)] + [self.base.new_zeros(dim, w) for w in widths[1:]], 1)
         self.A.requires_grad_(True)

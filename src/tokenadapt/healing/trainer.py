@@ -546,7 +546,7 @@ def _trainable_rows(
         mask = torch.zeros(rows, dtype=torch.bool)
         estimated = torch.from_numpy(alignment.estimated_ids)
         mask[estimated[estimated < rows]] = True
-        if options.map_features != "estimate" and options.fit == "affine":  # pieces, or auto with --rows new
+        if options.reads_pieces:
             pieces = decompose(old_vocab, new_vocab, mask.nonzero().squeeze(1).numpy(), teacher_rows)
             return _Trainable(parameters, mask, pieces)
     return _Trainable(parameters, mask)
