@@ -39,6 +39,7 @@ from tokenadapt.healing.affine import AffineHead, AffineRows, Lookup, embedding_
 from tokenadapt.healing.data import HealText, Sequence, load_heal_texts, make_sequences, take_turns
 from tokenadapt.healing.head import RowSparseHead, output_head
 from tokenadapt.healing.objectives import chunk_distillation_terms, token_log_probs
+from tokenadapt.healing.sampled import SampledAffineHead
 from tokenadapt.options import FULL_VERIFY_MAX_GB, EvalOptions, HealOptions, TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
@@ -286,6 +287,7 @@ class _Trainer:
         # its normalisation: a token seen once drifts about 5 learning rates), which measured better than
         # SparseAdam's lazy rows, whose value and moments change only at steps whose batch holds the token.
         self.lazy = options.optimizer == "lazy-adam"
+        self.rng = torch.Generator().manual_seed(options.seed)  # the draws of --gradient-samples
         groups: list[dict[str, Any]] = (
             [
                 {"params": [m.A for m in self.maps], "base_lr": options.map_learning_rate},
@@ -422,16 +424,19 @@ class _Trainer:
         The student's logits go through `AffineHead` with `--fit affine` (the map's gradient, no weight gradient),
         else through `RowSparseHead` where its head allows it (weight gradient for this step's rows only)."""
         tokens = torch.from_numpy(np.concatenate([[bos], ids]) if bos is not None else ids).unsqueeze(0)
+        targets = tokens[0, 1:]
         own_head = self.head_map is not None or self.head is not None  # the affine or the row-sparse head
         if model is self.student and own_head and self.decoder is not None:
             hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
-            if (m := self.head_map) is not None:
-                logits = AffineHead.apply(hidden, m.weight, m.A, m.b, m)
+            samples = self.options.gradient_samples
+            if (m := self.head_map) is not None and 0 < 2 * samples < m.weight.shape[0]:  # else exact is as cheap
+                scored = SampledAffineHead.apply(hidden, m.weight, m.A, m.b, m, targets, samples, self.rng)
+            elif m is not None:
+                scored = token_log_probs(AffineHead.apply(hidden, m.weight, m.A, m.b, m), targets)
             else:
-                logits = RowSparseHead.apply(hidden, self.head, self.step_rows)
+                scored = token_log_probs(RowSparseHead.apply(hidden, self.head, self.step_rows), targets)
         else:
-            logits = model(input_ids=tokens).logits[0, :-1]
-        scored = token_log_probs(logits, tokens[0, 1:])
+            scored = token_log_probs(model(input_ids=tokens).logits[0, :-1], targets)
         return scored if bos is not None else torch.cat([scored.new_zeros(1), scored])
 
     def _ntp_loss(self, sequence: Sequence) -> torch.Tensor:
