@@ -306,6 +306,7 @@ def test_learning_rate_warms_up_then_stays_or_decays_with_the_budget() -> None:
         ({"map_features": "words"}, "--map-features must be one of auto, estimate, pieces"),
         ({"map_features": "pieces", "rows": "all"}, "--map-features pieces needs --rows new"),
         ({"map_features": "pieces", "fit": "rows"}, "--map-features pieces needs --fit affine"),
+        ({"gradient_samples": -1}, r"--gradient-samples must be 0 \(exact\) or positive"),
     ],
 )
 def test_heal_options_name_the_bad_flag(overrides: dict[str, object], message: str) -> None:
