@@ -52,6 +52,13 @@ def test_keeping_every_token_gives_the_exact_gradient() -> None:
     assert torch.allclose(dense(index, coefficient, 6), exact, atol=1e-6)
 
 
+def test_a_diverged_row_does_not_stop_the_estimate_with_an_error() -> None:
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [float("nan"), 0.0, 1.0, 2.0], [float("inf"), 0.0, 0.0, 0.0]])
+    index, coefficient = sparse_softmax_gradient(logits, torch.tensor([0, 1, 2]), 1)
+    assert index.shape == (3, 3)
+    assert torch.isfinite(coefficient[0]).all()  # the healthy row keeps its estimate
+
+
 def test_gathered_sum_matches_a_dense_product_across_chunks() -> None:
     generator = torch.Generator().manual_seed(2)
     table = torch.randn(7, 3, generator=generator)

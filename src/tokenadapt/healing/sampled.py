@@ -45,6 +45,9 @@ def sparse_softmax_gradient(
     if log_normaliser is None:
         log_normaliser = torch.logsumexp(logits, dim=1)
     probabilities = logits.sub_(log_normaliser.unsqueeze(1)).exp_()  # in place: [T, V] is the largest tensor here
+    if not torch.isfinite(log_normaliser).all():
+        # a diverged step: its loss is already non-finite and the trainer stops on it; drawing must not raise first
+        torch.nan_to_num_(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
     top_p, top_index = probabilities.topk(samples, dim=1)
     probabilities.scatter_(1, top_index, 0.0)
     rest = probabilities.sum(dim=1)  # [T]; summed, not 1 - top: rounding must not leave mass where none is left
