@@ -421,8 +421,10 @@ class _Trainer:
     def _log_probs(self, model: Any, ids: np.ndarray, bos: int | None) -> torch.Tensor:
         """Log-probability of each token of `ids` under `model`: [T]; token 0 gets 0 without bos (no prediction).
 
-        The student's logits go through `AffineHead` with `--fit affine` (the map's gradient, no weight gradient),
-        else through `RowSparseHead` where its head allows it (weight gradient for this step's rows only)."""
+        With `--fit affine` the student's head is `SampledAffineHead` (exact log-probabilities, the map's gradient
+        from a sparse unbiased estimate of the softmax gradient; `--gradient-samples`) or, with 0 samples or a tiny
+        vocabulary, `AffineHead` (the exact gradient); with `--fit rows`, `RowSparseHead` where its head allows it
+        (weight gradient for this step's rows only)."""
         tokens = torch.from_numpy(np.concatenate([[bos], ids]) if bos is not None else ids).unsqueeze(0)
         targets = tokens[0, 1:]
         own_head = self.head_map is not None or self.head is not None  # the affine or the row-sparse head
