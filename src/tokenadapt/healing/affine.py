@@ -78,13 +78,18 @@ class AffineRows:
         self.position = torch.full((int(weight.shape[0]),), -1, dtype=torch.long)  # row id -> index in base
         self.position[self.rows] = torch.arange(self.rows.numel())
 
+    def reads(self, at: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per feature, in A's block order, its table and the rows of it that the mapped rows `at` read: the
+        estimates (`base`, `at`), then each lookup's table and `index[at]` (its zero row where a feature is missing)."""
+        lookups = [(table, lookup[at]) for table, lookup in zip(self.tables, self.indices, strict=True)]
+        return [(self.base, at), *lookups]
+
     def mapped(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows [*ids.shape, d]: A @ f + b for the mapped ids, differentiable in A and b; 0 for the other ids."""
         index = self.position[ids]
-        at = index.clamp(min=0)
-        rows = self.base[at] @ self.A[:, self.blocks[0]].T + self.b
-        for block, table, lookup in zip(self.blocks[1:], self.tables, self.indices, strict=True):
-            rows = rows + table[lookup[at]] @ self.A[:, block].T
+        rows = self.b
+        for block, (table, read) in zip(self.blocks, self.reads(index.clamp(min=0)), strict=True):
+            rows = rows + table[read] @ self.A[:, block].T
         return rows * (index >= 0).unsqueeze(-1)
 
     @torch.no_grad()

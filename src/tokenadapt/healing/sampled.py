@@ -107,10 +107,7 @@ class SampledAffineHead(torch.autograd.Function):
             if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
                 position = affine.position[index]  # [T, M]: index into the mapped rows, -1 for the others
                 mapped = coefficient * (position >= 0)
-                at = position.clamp(min=0)
-                parts = [gathered_sum(mapped, affine.base, at)]
-                for table, lookup in zip(affine.tables, affine.indices, strict=True):
-                    parts.append(gathered_sum(mapped, table, lookup[at]))
+                parts = [gathered_sum(mapped, table, read) for table, read in affine.reads(position.clamp(min=0))]
                 grad_A = hidden.T @ torch.cat(parts, dim=1)
                 grad_b = hidden.T @ mapped.sum(dim=1)
         return grad_hidden, None, grad_A, grad_b, None, None, None, None
