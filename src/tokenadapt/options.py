@@ -326,6 +326,12 @@ class HealOptions:
     map_learning_rate: float = _opt(
         3e-4, "--fit affine: Adam learning rate for the map's matrix A (which starts as the identity)"
     )
+    residual_learning_rate: float = _opt(
+        3e-3,
+        "--fit affine: also give every mapped row its own correction on top of the map (row = A @ f + b + delta_r), "
+        "trained at this Adam learning rate while its token is in the batch (more of the gap closed in 20 minutes: "
+        "docs/results.md); 0: the map alone. --fit rows ignores it: there every row moves on its own",
+    )
     gradient_samples: int = _opt(
         64,
         "--fit affine: estimate the head's softmax gradient (unbiased) from each position's N most probable tokens "
@@ -372,6 +378,7 @@ class HealOptions:
             (self.rows in HEAL_ROWS, f"--rows must be one of {', '.join(HEAL_ROWS)}"),
             (self.learning_rate > 0, "--learning-rate must be positive"),
             (self.map_learning_rate > 0, "--map-learning-rate must be positive"),
+            (self.residual_learning_rate >= 0, "--residual-learning-rate must be 0 (off) or positive"),
             (self.gradient_samples >= 0, "--gradient-samples must be 0 (exact) or positive"),
             (self.fit in HEAL_FITS, f"--fit must be one of {', '.join(HEAL_FITS)}"),
             (self.fit == "rows" or self.optimizer != "lazy-adam", "--optimizer lazy-adam needs --fit rows"),

@@ -76,7 +76,7 @@ def test_a_heal_step_through_the_map_equals_autograd_on_a_model_with_mapped_rows
     index = torch.arange(30) % 29 - (torch.arange(30) % 7 == 0).long() * 100
     lookups = [Lookup(other, index.clamp(min=-1)), Lookup(other, index.flip(0).clamp(min=-1))] if with_lookups else []
 
-    options = HealOptions(fit="affine", warmup_steps=0)
+    options = HealOptions(fit="affine", warmup_steps=0, residual_learning_rate=0.0)  # the map alone
     trainable = _Trainable([weight], mask)
     tokenizer = SimpleNamespace(bos_token_id=None)
     trainer = _Trainer(model, tokenizer, None, None, trainable, options, [lookups])
@@ -140,7 +140,9 @@ def test_the_map_moves_every_mapped_row_even_unseen_ones_and_lowers_the_loss(tie
     weights = [model.get_input_embeddings().weight] + ([] if tied else [model.lm_head.weight])
     before = [w.detach().clone() for w in weights]
     mask = torch.arange(80) >= 10  # 70 mapped rows > d + 1 = 33, so an affine relation is not automatic
-    options = HealOptions(fit="affine", learning_rate=1e-2, map_learning_rate=1e-2, warmup_steps=0)
+    options = HealOptions(
+        fit="affine", learning_rate=1e-2, map_learning_rate=1e-2, warmup_steps=0, residual_learning_rate=0.0
+    )
     trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, _Trainable(weights, mask), options)
     batch = [Sequence(0, np.array([1, 12, 13, 5, 12, 30, 2, 13]), np.arange(1, 9), "x" * 8)]
     losses = [trainer._step(batch) for _ in range(5)]
@@ -188,3 +190,56 @@ def test_piece_lookups_read_the_old_rows_of_each_tokens_first_and_last_piece() -
     affine.materialize()
     assert affine.weight[[1, 2, 4]].tolist() == [[8.0, 9.0], [10.0, 11.0], [0.0, 0.0]]
     assert affine.mapped(torch.tensor([2, 3])).tolist() == [[10.0, 11.0], [0.0, 0.0]]
+
+
+def test_per_row_residuals_get_autograds_gradient_on_the_batchs_rows_only() -> None:
+    ids = [1, 12, 13, 5, 12, 30, 2]
+    model = tiny_llama(40)
+    weight = model.get_input_embeddings().weight
+    mask = torch.arange(40) >= 10
+    reference_model = tiny_llama(40)
+    reference_model.load_state_dict(model.state_dict())
+    options = HealOptions(fit="affine", warmup_steps=0, residual_learning_rate=1e-2)
+    trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, _Trainable([weight], mask), options)
+    trainer._step([Sequence(0, np.array(ids), np.arange(1, len(ids) + 1), "x" * len(ids))])
+    affine = trainer.maps[0]
+    assert affine.delta is not None and affine.delta.grad is not None
+
+    base = features(affine, [])
+    delta = torch.zeros(int(mask.sum()), weight.shape[1], requires_grad=True)
+    rows = base + delta  # A is the identity and b zero before the step
+    matrix = reference_model.get_input_embeddings().weight.detach().index_put((mask.nonzero()[:, 0],), rows)
+    tokens = torch.tensor([ids])
+    logits = torch.func.functional_call(
+        reference_model, {"model.embed_tokens.weight": matrix, "lm_head.weight": matrix}, (tokens,)
+    ).logits[0, :-1]
+    torch.nn.functional.cross_entropy(logits, tokens[0, 1:], reduction="mean").backward()
+    assert delta.grad is not None
+    in_batch = torch.isin(affine.rows, torch.tensor(ids))  # the mapped rows of tokens 12, 13 and 30
+    assert int(in_batch.sum()) == 3
+    assert torch.allclose(affine.delta.grad[in_batch], delta.grad[in_batch], atol=1e-5)
+    assert (delta.grad[~in_batch] != 0).any()  # autograd pushes the other rows too; the residuals ignore that
+    assert torch.equal(affine.delta.grad[~in_batch], torch.zeros_like(delta.grad[~in_batch]))
+    # after the step: the batch's residuals moved, the others are exactly 0, the matrix holds map + residual
+    assert (affine.delta.detach()[in_batch] != 0).all(dim=1).all()
+    assert torch.equal(affine.delta.detach()[~in_batch], torch.zeros_like(delta.grad[~in_batch]))
+    mapped = base @ affine.A.detach().T + affine.b.detach() + affine.delta.detach()
+    assert torch.allclose(weight[mask], mapped)
+    assert torch.equal(weight[~mask], reference_model.get_input_embeddings().weight[~mask])
+
+
+def test_a_batch_without_mapped_tokens_trains_no_residual_and_the_next_batch_starts_clean() -> None:
+    affine = AffineRows(torch.randn(6, 3), torch.tensor([False, True, False, True, True, False]), residual=True)
+    affine.start_step(torch.tensor([0, 2, 5, 2]))  # copied rows only
+    assert affine.step_delta is None
+    assert torch.equal(affine.mapped(torch.tensor([0, 2])), torch.zeros(2, 3))
+    affine.start_step(torch.tensor([3, 0, 3]))
+    assert affine.step_delta is not None and affine.active.tolist() == [1]  # row 3 is the second mapped row
+    affine.mapped(torch.tensor([3, 0])).sum().backward()
+    affine.finish_step()
+    assert affine.delta is not None and affine.delta.grad is not None
+    assert affine.delta.grad.abs().sum(dim=1).tolist() == [0.0, 3.0, 0.0]
+    affine.start_step(torch.tensor([1]))
+    affine.mapped(torch.tensor([1])).sum().backward()
+    affine.finish_step()
+    assert affine.delta.grad.abs().sum(dim=1).tolist() == [3.0, 0.0, 0.0]  # the last step's row is cleared

@@ -15,7 +15,7 @@ from tokenadapt.healing import trainer as trainer_module
 from tokenadapt.healing.affine import AffineHead, AffineRows, Lookup
 from tokenadapt.healing.data import Sequence
 from tokenadapt.healing.objectives import token_log_probs
-from tokenadapt.healing.sampled import SampledAffineHead, gathered_sum, sparse_softmax_gradient
+from tokenadapt.healing.sampled import SampledAffineHead, gathered_sum, scattered_rows, sparse_softmax_gradient
 from tokenadapt.healing.trainer import _Trainable, _Trainer
 from tokenadapt.options import HealOptions
 
@@ -68,8 +68,8 @@ def test_gathered_sum_matches_a_dense_product_across_chunks() -> None:
     assert torch.allclose(gathered_sum(coefficient, table, index), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("with_lookups", [False, True])
-def test_the_sampled_head_keeping_every_token_equals_the_exact_head(with_lookups: bool) -> None:
+@pytest.mark.parametrize(("with_lookups", "residual"), [(False, False), (True, False), (True, True)])
+def test_the_sampled_head_keeping_every_token_equals_the_exact_head(with_lookups: bool, residual: bool) -> None:
     generator = torch.Generator().manual_seed(3)
     weight = torch.randn(9, 4, generator=generator)
     mask = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
@@ -77,23 +77,41 @@ def test_the_sampled_head_keeping_every_token_equals_the_exact_head(with_lookups
     lookups = [Lookup(table, torch.tensor([2, 0, 2, -1, 1]))] if with_lookups else []
     grads = []
     for head in ("exact", "sampled"):
-        affine = AffineRows(weight.clone(), mask, lookups)
+        affine = AffineRows(weight.clone(), mask, lookups, residual=residual)
         with torch.no_grad():
             affine.A.add_(0.1 * torch.randn(affine.A.shape, generator=torch.Generator().manual_seed(4)))
             affine.b.fill_(0.3)
+            if affine.delta is not None:
+                affine.delta.copy_(torch.randn(affine.delta.shape, generator=torch.Generator().manual_seed(7)))
         affine.materialize()
+        affine.start_step(torch.tensor([1, 4, 8]))  # the residuals of three of the five mapped rows train
         hidden = torch.randn(5, 4, generator=torch.Generator().manual_seed(5), requires_grad=True)
         targets = torch.tensor([1, 3, 2, 7, 0])
         if head == "exact":
-            scored = token_log_probs(AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine), targets)
+            logits = AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine, affine.step_delta)
+            scored = token_log_probs(logits, targets)
         else:
-            scored = SampledAffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine, targets, 9, None)
+            arguments = (affine.A, affine.b, affine, targets, 9, None, affine.step_delta)
+            scored = SampledAffineHead.apply(hidden, affine.weight, *arguments)
         (-(scored * torch.arange(1.0, 6.0)).sum()).backward()  # unequal weights per position
-        grads.append((scored.detach(), hidden.grad, affine.A.grad, affine.b.grad))
-        assert torch.allclose(affine.weight[mask], features(affine, lookups) @ affine.A.detach().T + affine.b.detach())
+        residual_grad = affine.step_delta.grad if affine.step_delta is not None else torch.zeros(())
+        assert not residual or (residual_grad is not None and residual_grad.shape == (3, 4))
+        grads.append((scored.detach(), hidden.grad, affine.A.grad, affine.b.grad, residual_grad))
+        offsets = affine.delta.detach() if affine.delta is not None else 0.0
+        mapped = features(affine, lookups) @ affine.A.detach().T + affine.b.detach() + offsets
+        assert torch.allclose(affine.weight[mask], mapped, atol=1e-5)
     for exact, sampled in zip(*grads, strict=True):
         assert sampled is not None and exact is not None
         assert torch.allclose(sampled, exact, atol=1e-5)
+
+
+def test_scattered_rows_match_a_dense_product() -> None:
+    generator = torch.Generator().manual_seed(8)
+    position = torch.randint(-1, 5, (6, 3), generator=generator)
+    coefficient = torch.randn(6, 3, generator=generator)
+    hidden = torch.randn(6, 4, generator=generator)
+    per_row = torch.zeros(6, 6).scatter_add_(1, position + 1, coefficient)[:, 1:]  # [T, rows], -1 dropped
+    assert torch.allclose(scattered_rows(coefficient, position, hidden, 5), per_row.T @ hidden, atol=1e-5)
 
 
 def test_sampled_head_gradients_average_to_the_exact_ones() -> None:

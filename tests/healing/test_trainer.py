@@ -70,6 +70,7 @@ def test_only_the_new_rows_change(
     zero_shot = transplanted(tmp_path, original, new_tokenizer_dir, tiny_embedder_dir)
     result = heal(zero_shot, tmp_path / "healed", [str(heal_text)], quick(fit=fit))
     assert result.best_step > 0 and result.teacher == str(original)
+    assert result.rows["residuals"] is False  # the default --residual-learning-rate is the affine fit's only
 
     before = load_file(str(zero_shot / "model.safetensors"))
     after = load_file(str(tmp_path / "healed" / "model.safetensors"))
@@ -101,6 +102,7 @@ def test_untied_with_piece_features_input_and_output_heal_apart_and_copied_rows_
     assert result.rows["untied"] and result.rows["map_features"] == "pieces"
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
     assert "untied from the input matrix" in (out / "README.md").read_text()
+    assert result.rows["residuals"] and "a correction of each row" in (out / "README.md").read_text()  # default
 
     before = load_file(str(zero_shot / "model.safetensors"))
     after = load_file(str(out / "model.safetensors"))
@@ -307,6 +309,7 @@ def test_learning_rate_warms_up_then_stays_or_decays_with_the_budget() -> None:
         ({"map_features": "pieces", "rows": "all"}, "--map-features pieces needs --rows new"),
         ({"map_features": "pieces", "fit": "rows"}, "--map-features pieces needs --fit affine"),
         ({"gradient_samples": -1}, r"--gradient-samples must be 0 \(exact\) or positive"),
+        ({"residual_learning_rate": -1e-3}, r"--residual-learning-rate must be 0 \(off\) or positive"),
     ],
 )
 def test_heal_options_name_the_bad_flag(overrides: dict[str, object], message: str) -> None:

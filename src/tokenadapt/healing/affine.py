@@ -19,9 +19,16 @@ The map may read more than the estimate (`--map-features pieces`: the original m
 last old-tokenizer piece). Such features are `Lookup`s into a small table, so neither the rows' values nor the
 gradient products ever build an [N, d] feature matrix per feature.
 
+On top of the map each row may keep its own correction (`residual=True`, `--residual-learning-rate`):
+row_r = A @ f_r + b + delta_r. The map says what all estimates get wrong; delta_r what the map cannot say about one
+token (a whitespace run in code, a German suffix). A step trains only the corrections of its batch's tokens
+(`start_step`): they enter the graph as a small [R, d] leaf, so neither path builds an [N, d] gradient, and
+`finish_step` hands that to the optimizer as delta's gradient, zero elsewhere.
+
     >>> affine = AffineRows(model.get_input_embeddings().weight, mask)    # mask: bool [V], the rows to map
     >>> logits = AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine)
     >>> loss.backward(); optimizer.step(); affine.materialize()
+    >>> # with residuals: affine.start_step(batch_ids) before the forward, affine.finish_step() before the step
 """
 
 from __future__ import annotations
@@ -53,7 +60,9 @@ class AffineRows:
     nothing moves until the first step.
     """
 
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, lookups: list[Lookup] | None = None) -> None:
+    def __init__(
+        self, weight: torch.Tensor, mask: torch.Tensor, lookups: list[Lookup] | None = None, residual: bool = False
+    ) -> None:
         self.weight = weight
         self.rows = mask.nonzero().squeeze(1)  # [N]
         self.base = weight.detach()[self.rows].clone()  # [N, d]: the transplant's estimates
@@ -77,6 +86,36 @@ class AffineRows:
         self.b = torch.zeros(dim, dtype=weight.dtype, requires_grad=True)
         self.position = torch.full((int(weight.shape[0]),), -1, dtype=torch.long)  # row id -> index in base
         self.position[self.rows] = torch.arange(self.rows.numel())
+        # per-row corrections on top of the map (`--residual-learning-rate`): what no shared map can say about a
+        # token. A step trains those of its batch's tokens only: `step_delta` [R, d] stands for delta[active] in the
+        # graph, so no [N, d] gradient is ever built; `finish_step` hands it to the optimizer as delta's gradient.
+        self.delta = torch.zeros_like(self.base).requires_grad_(True) if residual else None
+        self.active = torch.zeros(0, dtype=torch.long)  # [R]: indices into the mapped rows
+        self.slot = torch.full_like(self.rows, -1)  # index into the mapped rows -> index into active, or -1
+        self.step_delta: torch.Tensor | None = None
+        self._grad = torch.zeros_like(self.base) if residual else None
+        self._written = self.active
+
+    def start_step(self, ids: torch.Tensor) -> None:
+        """Make the residuals of the mapped rows among `ids` (the batch's tokens) trainable for one step."""
+        if self.delta is None:
+            return
+        self.slot[self.active] = -1
+        positions = self.position[ids.unique()]
+        self.active = positions[positions >= 0]
+        self.slot[self.active] = torch.arange(self.active.numel())
+        empty = self.active.numel() == 0  # a batch of copied tokens only: nothing to train, nothing to index
+        self.step_delta = None if empty else torch.zeros(self.active.numel(), self.base.shape[1], requires_grad=True)
+
+    def finish_step(self) -> None:
+        """Set delta's gradient [N, d] from the step's: its active rows, zero elsewhere (before optimizer.step)."""
+        if self.delta is None or self._grad is None or self.step_delta is None:
+            return
+        self._grad[self._written] = 0.0  # one [N, d] buffer for every step: only the last step's rows are non-zero
+        self._written = self.active
+        if self.step_delta.grad is not None:
+            self._grad[self.active] = self.step_delta.grad
+        self.delta.grad = self._grad
 
     def reads(self, at: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per feature, in A's block order, its table and the rows of it that the mapped rows `at` read: the
@@ -85,11 +124,15 @@ class AffineRows:
         return [(self.base, at), *lookups]
 
     def mapped(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows [*ids.shape, d]: A @ f + b for the mapped ids, differentiable in A and b; 0 for the other ids."""
+        """Rows [*ids.shape, d]: A @ f + b for the mapped ids, differentiable in A, b and this step's residuals (whose
+        values are already in the matrix: the hook only needs their gradient path); 0 for the other ids."""
         index = self.position[ids]
         rows = self.b
-        for block, (table, read) in zip(self.blocks, self.reads(index.clamp(min=0)), strict=True):
+        at = index.clamp(min=0)
+        for block, (table, read) in zip(self.blocks, self.reads(at), strict=True):
             rows = rows + table[read] @ self.A[:, block].T
+        if self.step_delta is not None:
+            rows = rows + self.step_delta[self.slot[at].clamp(min=0)] * (self.slot[at] >= 0).unsqueeze(-1)
         return rows * (index >= 0).unsqueeze(-1)
 
     @torch.no_grad()
@@ -98,6 +141,8 @@ class AffineRows:
         rows = torch.addmm(self.b, self.base, self.A[:, self.blocks[0]].T)
         for block, table, lookup in zip(self.blocks[1:], self.tables, self.indices, strict=True):
             rows += (table @ self.A[:, block].T)[lookup]
+        if self.delta is not None:
+            rows += self.delta
         self.weight[self.rows] = rows
 
     def feature_products(self, grad_rows: torch.Tensor) -> torch.Tensor:
@@ -110,20 +155,26 @@ class AffineRows:
 
 
 class AffineHead(torch.autograd.Function):
-    """logits [T, V] = hidden [T, d] @ weight.T; backward: d hidden in full, dA and db of the map `affine`.
+    """logits [T, V] = hidden [T, d] @ weight.T; backward: d hidden in full, dA and db of the map `affine`, and the
+    gradient of this step's residuals when `delta` (`affine.step_delta`, [R, d]) is passed.
 
     `weight` must hold the materialised rows (`affine.materialize()`); it gets no gradient itself.
     """
 
     @staticmethod
     def forward(
-        hidden: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, b: torch.Tensor, affine: AffineRows
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        A: torch.Tensor,
+        b: torch.Tensor,
+        affine: AffineRows,
+        delta: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return hidden @ weight.T
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        hidden, weight, _A, _b, affine = inputs
+        hidden, weight, _A, _b, affine = inputs[:5]
         ctx.save_for_backward(hidden, weight)
         ctx.affine = affine
 
@@ -132,12 +183,14 @@ class AffineHead(torch.autograd.Function):
         hidden, weight = ctx.saved_tensors
         affine: AffineRows = ctx.affine
         grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
-        grad_A = grad_b = None
+        grad_A = grad_b = grad_delta = None
+        grad_rows = grad_logits[:, affine.rows]  # [T, N]
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            grad_rows = grad_logits[:, affine.rows]  # [T, N]
             grad_A = hidden.T @ affine.feature_products(grad_rows)
             grad_b = hidden.T @ grad_rows.sum(dim=1)
-        return grad_hidden, None, grad_A, grad_b, None
+        if len(ctx.needs_input_grad) > 5 and ctx.needs_input_grad[5]:
+            grad_delta = grad_rows[:, affine.active].T @ hidden
+        return grad_hidden, None, grad_A, grad_b, None, grad_delta  # without `delta` autograd drops the last None
 
 
 def embedding_scale(model: Any) -> float:

@@ -21,6 +21,7 @@ import torch
 from tokenadapt.healing.affine import AffineRows
 
 _CHUNK = 128  # positions per gather: bounds the [chunk, 2N + 1, d] gathered rows to tens of MB
+_LOWEST_LOG_PROBABILITY = -80.0
 
 
 def sparse_softmax_gradient(
@@ -44,7 +45,9 @@ def sparse_softmax_gradient(
     """
     if log_normaliser is None:
         log_normaliser = torch.logsumexp(logits, dim=1)
-    probabilities = logits.sub_(log_normaliser.unsqueeze(1)).exp_()  # in place: [T, V] is the largest tensor here
+    # in place: [T, V] is the largest tensor here. Log-probabilities below -80 (p < 2e-35) become -80: exp is
+    # six times slower on such inputs here, and the mass this adds to the rest is under 1e-29 for any vocabulary
+    probabilities = logits.sub_(log_normaliser.unsqueeze(1)).clamp_(min=_LOWEST_LOG_PROBABILITY).exp_()
     if not torch.isfinite(log_normaliser).all():
         # a diverged step: its loss is already non-finite and the trainer stops on it; drawing must not raise first
         torch.nan_to_num_(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
@@ -85,6 +88,7 @@ class SampledAffineHead(torch.autograd.Function):
         targets: torch.Tensor,
         samples: int,
         generator: torch.Generator | None,
+        delta: torch.Tensor | None = None,
     ) -> torch.Tensor:
         logits = hidden @ weight.T
         # the fused cross-entropy kernel is several times faster on CPU than torch.logsumexp over [T, V]
@@ -103,11 +107,30 @@ class SampledAffineHead(torch.autograd.Function):
             index, coefficient = sparse_softmax_gradient(logits, targets, ctx.samples, ctx.generator, log_normaliser)
             coefficient = coefficient * grad_scored.unsqueeze(1)
             grad_hidden = gathered_sum(coefficient, weight, index) if ctx.needs_input_grad[0] else None
-            grad_A = grad_b = None
+            grad_A = grad_b = grad_delta = None
+            position = affine.position[index]  # [T, M]: index into the mapped rows, -1 for the others
+            mapped = coefficient * (position >= 0)
             if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-                position = affine.position[index]  # [T, M]: index into the mapped rows, -1 for the others
-                mapped = coefficient * (position >= 0)
                 parts = [gathered_sum(mapped, table, read) for table, read in affine.reads(position.clamp(min=0))]
                 grad_A = hidden.T @ torch.cat(parts, dim=1)
                 grad_b = hidden.T @ mapped.sum(dim=1)
-        return grad_hidden, None, grad_A, grad_b, None, None, None, None
+            if len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]:
+                slot = torch.where(position >= 0, affine.slot[position.clamp(min=0)], -1)  # [T, M]: index into R
+                grad_delta = scattered_rows(mapped, slot, hidden, affine.active.numel())
+        # without `delta` autograd drops the trailing None
+        return grad_hidden, None, grad_A, grad_b, None, None, None, None, grad_delta
+
+
+def scattered_rows(coefficient: torch.Tensor, position: torch.Tensor, hidden: torch.Tensor, rows: int) -> torch.Tensor:
+    """[rows, d] with row n = sum over (t, m) where position[t, m] == n of coefficient[t, m] * hidden[t]: the
+    sparse estimate's gradient of each mapped row, as one sparse [rows, T] @ [T, d] product (entries with
+    position -1 or coefficient 0 are left out).
+
+    >>> scattered_rows(torch.tensor([[1.0, 2.0]]), torch.tensor([[1, -1]]), torch.tensor([[3.0]]), 2).tolist()
+    [[0.0], [3.0]]
+    """
+    keep = (position >= 0) & (coefficient != 0)
+    at, _ = keep.nonzero(as_tuple=True)
+    indices = torch.stack([position[keep], at])
+    matrix = torch.sparse_coo_tensor(indices, coefficient[keep], (rows, hidden.shape[0]), check_invariants=False)
+    return torch.sparse.mm(matrix, hidden)

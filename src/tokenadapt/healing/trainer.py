@@ -109,7 +109,8 @@ class HealResult:
             table.append(row)
         lines = [
             f"## Heal: {self.model} ({self.objective}, rows {self.options['rows']}, "
-            f"fit {self.rows.get('fit', 'rows')}{', untied' if self.rows.get('untied') else ''})",
+            f"fit {self.rows.get('fit', 'rows')}{' + per-row residuals' if self.rows.get('residuals') else ''}"
+            f"{', untied' if self.rows.get('untied') else ''})",
             "",
             f"Output: `{self.out_dir}`; trained {self.rows['trained']} of {self.rows['total']} rows "
             f"for {self.steps} steps ({self.tokens_trained} tokens); kept step {self.best_step}; stopped: "
@@ -213,6 +214,7 @@ def heal(
             "kind": options.rows,
             "fit": options.fit,
             "map_features": None if options.fit != "affine" else "pieces" if extra else "estimate",
+            "residuals": bool(trainer.maps) and options.residual_learning_rate > 0,
             "untied": untied,
         },
         teacher_bits_per_byte=teacher_bpb,
@@ -296,6 +298,8 @@ class _Trainer:
             if self.maps
             else [{"params": trainable.parameters, "base_lr": options.learning_rate}]
         )
+        if deltas := [m.delta for m in self.maps if m.delta is not None]:
+            groups.append({"params": deltas, "base_lr": options.residual_learning_rate})
         self.optimizer = make_optimizer(options.optimizer, groups, options.learning_rate)
 
     def _setup_affine(
@@ -312,7 +316,7 @@ class _Trainer:
             )
         features = extra or [[] for _ in trainable.parameters]
         self.maps = [
-            AffineRows(parameter, trainable.mask, more)
+            AffineRows(parameter, trainable.mask, more, residual=options.residual_learning_rate > 0)
             for parameter, more in zip(trainable.parameters, features, strict=True)
         ]
         self.head_map = next(m for m in self.maps if m.weight.data_ptr() == head_weight.data_ptr())
@@ -397,6 +401,11 @@ class _Trainer:
             present[torch.from_numpy(np.concatenate([s.ids for s in batch]))] = True
             self.step_mask = (self.trainable.mask & present).to(torch.float32).unsqueeze(1)
             self.step_rows = self.step_mask.squeeze(1).nonzero().squeeze(1)
+        # like --sparse-updates: a residual trains only while its token is in the batch; the sampled gradient's
+        # tiny pushes on other rows would become full-size Adam steps
+        batch_ids = torch.from_numpy(np.concatenate([s.ids for s in batch]))
+        for affine in self.maps:
+            affine.start_step(batch_ids)
         if self.options.objective == "ntp":
             weights = [len(s.ids) - (self.bos is None) for s in batch]
         else:
@@ -413,6 +422,8 @@ class _Trainer:
             for parameter in self.trainable.parameters:
                 if parameter.grad is not None:  # an untied input matrix has none with --no-train-inputs
                     parameter.grad = row_sparse(parameter.grad, self.step_rows)
+        for affine in self.maps:
+            affine.finish_step()
         self.optimizer.step()
         for affine in self.maps:
             affine.materialize()
@@ -432,9 +443,10 @@ class _Trainer:
             hidden = self.decoder(input_ids=tokens).last_hidden_state[0, :-1]
             samples = self.options.gradient_samples
             if (m := self.head_map) is not None and 0 < 2 * samples < m.weight.shape[0]:  # else exact is as cheap
-                scored = SampledAffineHead.apply(hidden, m.weight, m.A, m.b, m, targets, samples, self.rng)
+                arguments = (m.A, m.b, m, targets, samples, self.rng, m.step_delta)
+                scored = SampledAffineHead.apply(hidden, m.weight, *arguments)
             elif m is not None:
-                scored = token_log_probs(AffineHead.apply(hidden, m.weight, m.A, m.b, m), targets)
+                scored = token_log_probs(AffineHead.apply(hidden, m.weight, m.A, m.b, m, m.step_delta), targets)
             else:
                 scored = token_log_probs(RowSparseHead.apply(hidden, self.head, self.step_rows), targets)
         else:
@@ -484,7 +496,8 @@ def make_optimizer(name: str, parameters: list[dict[str, Any]], lr: float) -> to
         return torch.optim.SparseAdam(parameters, lr=lr)
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=0.0)
-    return torch.optim.Adam(parameters, lr=lr, weight_decay=0.0)
+    # fused: one pass over each tensor instead of one per Adam operation (the residuals are a [N, d] matrix)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=0.0, fused=True)
 
 
 def row_sparse(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -647,6 +660,7 @@ def model_card(result: HealResult) -> str:
         f"{len(history) + 1}. Healed by tokenadapt {result.versions['tokenadapt']}: objective `{result.objective}`, "
         f"{result.rows['trained']} embedding rows trained ({result.rows['kind']}, "
         f"{_FIT_WORDS.get(result.rows.get('fit', 'rows'), 'fit rows')}"
+        + (", plus a correction of each row its token's batches trained" if result.rows.get("residuals") else "")
         + ("; the output matrix untied from the input matrix" if result.rows.get("untied") else "")
         + "), body frozen, "
         f"{result.steps} steps on "
