@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,21 @@ def features(affine: AffineRows, lookups: list[Lookup]) -> torch.Tensor:
         rows = lookup.table[lookup.index.clamp(min=0)]
         parts.append(rows * (lookup.index >= 0).unsqueeze(1))
     return torch.cat(parts, dim=1)
+
+
+def model_and_twin(vocabulary: int) -> tuple[Any, Any]:
+    """A tiny tied model and an identical copy, for an autograd reference beside the trainer's run."""
+    model, twin = tiny_llama(vocabulary), tiny_llama(vocabulary)
+    twin.load_state_dict(model.state_dict())
+    return model, twin
+
+
+def loss_with_matrix(model: Any, matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """The mean next-token loss of `ids` under `model` with its tied matrix replaced by `matrix` (differentiable)."""
+    tokens = torch.tensor([ids])
+    weights = {"model.embed_tokens.weight": matrix, "lm_head.weight": matrix}
+    logits = torch.func.functional_call(model, weights, (tokens,)).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(logits, tokens[0, 1:], reduction="mean")
 
 
 @pytest.mark.parametrize("with_lookups", [False, True])
@@ -66,11 +82,9 @@ def test_affine_head_gradients_match_autograd_through_the_mapped_matrix(with_loo
 @pytest.mark.parametrize("with_lookups", [False, True])
 def test_a_heal_step_through_the_map_equals_autograd_on_a_model_with_mapped_rows(with_lookups: bool) -> None:
     ids = [1, 12, 13, 5, 12, 30, 2]
-    model = tiny_llama(40)
+    model, reference_model = model_and_twin(40)
     weight = model.get_input_embeddings().weight
     mask = torch.arange(40) >= 10
-    reference_model = tiny_llama(40)
-    reference_model.load_state_dict(model.state_dict())
     # features as --map-features pieces reads them: rows of another model's matrix, some tokens without
     other = tiny_llama(30, seed=1).get_input_embeddings().weight.detach()
     index = torch.arange(30) % 29 - (torch.arange(30) % 7 == 0).long() * 100
@@ -89,11 +103,7 @@ def test_a_heal_step_through_the_map_equals_autograd_on_a_model_with_mapped_rows
     A = torch.eye(weight.shape[1], base.shape[1]).requires_grad_()
     b = torch.zeros(weight.shape[1], requires_grad=True)
     matrix = reference_model.get_input_embeddings().weight.detach().index_put((mask.nonzero()[:, 0],), base @ A.T + b)
-    tokens = torch.tensor([ids])
-    logits = torch.func.functional_call(
-        reference_model, {"model.embed_tokens.weight": matrix, "lm_head.weight": matrix}, (tokens,)
-    ).logits[0, :-1]
-    torch.nn.functional.cross_entropy(logits, tokens[0, 1:], reduction="mean").backward()
+    loss_with_matrix(reference_model, matrix, ids).backward()
     assert A.grad is not None and b.grad is not None
     assert torch.allclose(affine.A.grad, A.grad, atol=1e-5)
     assert torch.allclose(affine.b.grad, b.grad, atol=1e-5)
@@ -194,11 +204,9 @@ def test_piece_lookups_read_the_old_rows_of_each_tokens_first_and_last_piece() -
 
 def test_per_row_residuals_get_autograds_gradient_on_the_batchs_rows_only() -> None:
     ids = [1, 12, 13, 5, 12, 30, 2]
-    model = tiny_llama(40)
+    model, reference_model = model_and_twin(40)
     weight = model.get_input_embeddings().weight
     mask = torch.arange(40) >= 10
-    reference_model = tiny_llama(40)
-    reference_model.load_state_dict(model.state_dict())
     options = HealOptions(fit="affine", warmup_steps=0, residual_learning_rate=1e-2)
     trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, _Trainable([weight], mask), options)
     trainer._step([Sequence(0, np.array(ids), np.arange(1, len(ids) + 1), "x" * len(ids))])
@@ -209,11 +217,7 @@ def test_per_row_residuals_get_autograds_gradient_on_the_batchs_rows_only() -> N
     delta = torch.zeros(int(mask.sum()), weight.shape[1], requires_grad=True)
     rows = base + delta  # A is the identity and b zero before the step
     matrix = reference_model.get_input_embeddings().weight.detach().index_put((mask.nonzero()[:, 0],), rows)
-    tokens = torch.tensor([ids])
-    logits = torch.func.functional_call(
-        reference_model, {"model.embed_tokens.weight": matrix, "lm_head.weight": matrix}, (tokens,)
-    ).logits[0, :-1]
-    torch.nn.functional.cross_entropy(logits, tokens[0, 1:], reduction="mean").backward()
+    loss_with_matrix(reference_model, matrix, ids).backward()
     assert delta.grad is not None
     in_batch = torch.isin(affine.rows, torch.tensor(ids))  # the mapped rows of tokens 12, 13 and 30
     assert int(in_batch.sum()) == 3
