@@ -214,7 +214,7 @@ def heal(
             "kind": options.rows,
             "fit": options.fit,
             "map_features": None if options.fit != "affine" else "pieces" if extra else "estimate",
-            "residuals": bool(trainer.maps) and options.residual_learning_rate > 0,
+            "residuals": any(m.delta is not None for m in trainer.maps),
             "untied": untied,
         },
         teacher_bits_per_byte=teacher_bpb,
@@ -396,14 +396,14 @@ class _Trainer:
     def _step(self, batch: list[Sequence]) -> float:
         """One optimizer step over `batch` (one sequence in memory at a time); returns the batch's mean loss."""
         self.optimizer.zero_grad(set_to_none=True)
+        batch_ids = torch.from_numpy(np.concatenate([s.ids for s in batch]))
         if self.options.sparse_updates and not self.maps:
             present = torch.zeros(self.trainable.mask.numel(), dtype=torch.bool)
-            present[torch.from_numpy(np.concatenate([s.ids for s in batch]))] = True
+            present[batch_ids] = True
             self.step_mask = (self.trainable.mask & present).to(torch.float32).unsqueeze(1)
             self.step_rows = self.step_mask.squeeze(1).nonzero().squeeze(1)
         # like --sparse-updates: a residual trains only while its token is in the batch; the sampled gradient's
         # tiny pushes on other rows would become full-size Adam steps
-        batch_ids = torch.from_numpy(np.concatenate([s.ids for s in batch]))
         for affine in self.maps:
             affine.start_step(batch_ids)
         if self.options.objective == "ntp":
