@@ -302,7 +302,11 @@ class HealOptions:
         "the original model (built-in name, folder, .gguf or Hub id); default: the model named in the "
         "directory's transplant_report.json. distill needs it; --rows new uses its tokenizer to find the new rows",
     )
-    rows: str = _opt("new", "rows to train: 'new' (those the transplant estimated) or 'all' embedding rows")
+    rows: str = _opt(
+        "new",
+        "rows to train: 'new' (those the transplant estimated) or 'all' embedding rows (with --fit affine and "
+        "residuals, the map writes the new rows and each copied row trains by its own correction)",
+    )
     budget: str = _opt("20m", "stop after this long: minutes ('20m' or a plain number) or optimizer steps ('300steps')")
     fit: str = _opt(
         "affine",
@@ -312,8 +316,8 @@ class HealOptions:
     map_features: str = _opt(
         "auto",
         "--fit affine: what the map reads for each row. estimate: its zero-shot row; pieces: that and the original "
-        "model's rows of the first and last old-tokenizer piece of the token (with --rows new); auto: pieces with "
-        "--rows new, else estimate",
+        "model's rows of the first and last old-tokenizer piece of the token (needs the original model); auto: "
+        "pieces where the original model is known, else estimate",
     )
     untie: bool = _opt(
         False,
@@ -331,6 +335,11 @@ class HealOptions:
         "--fit affine: also give every mapped row its own correction on top of the map (row = A @ f + b + delta_r), "
         "trained at this Adam learning rate while its token is in the batch (more of the gap closed in 20 minutes: "
         "docs/results.md); 0: the map alone. --fit rows ignores it: there every row moves on its own",
+    )
+    copied_learning_rate: float = _opt(
+        7.5e-4,
+        "--rows all with --fit affine: Adam learning rate of the copied rows' corrections (a quarter of the new rows' "
+        "closed the most of the gap in 20 minutes; at the same rate English got worse: docs/results.md)",
     )
     gradient_samples: int = _opt(
         64,
@@ -379,6 +388,7 @@ class HealOptions:
             (self.learning_rate > 0, "--learning-rate must be positive"),
             (self.map_learning_rate > 0, "--map-learning-rate must be positive"),
             (self.residual_learning_rate >= 0, "--residual-learning-rate must be 0 (off) or positive"),
+            (self.copied_learning_rate > 0, "--copied-learning-rate must be positive"),
             (self.gradient_samples >= 0, "--gradient-samples must be 0 (exact) or positive"),
             (self.fit in HEAL_FITS, f"--fit must be one of {', '.join(HEAL_FITS)}"),
             (self.fit == "rows" or self.optimizer != "lazy-adam", "--optimizer lazy-adam needs --fit rows"),
@@ -387,7 +397,6 @@ class HealOptions:
                 f"--map-features must be one of {', '.join(HEAL_MAP_FEATURES)}",
             ),
             (self.map_features != "pieces" or self.fit == "affine", "--map-features pieces needs --fit affine"),
-            (self.map_features != "pieces" or self.rows == "new", "--map-features pieces needs --rows new"),
             (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
             (self.decay in ("constant", "linear"), "--decay must be constant or linear"),
             (self.optimizer in HEAL_OPTIMIZERS, f"--optimizer must be one of {', '.join(HEAL_OPTIMIZERS)}"),
@@ -406,13 +415,13 @@ class HealOptions:
 
     @property
     def reads_pieces(self) -> bool:
-        """Whether the affine map reads the pieces' old rows: `--map-features pieces`, or `auto` with --rows new.
+        """Whether the affine map reads the pieces' old rows (`--map-features pieces`, or `auto`; both need the
+        original model, without which `auto` reads the estimate only).
 
         >>> HealOptions().reads_pieces, HealOptions(rows="all").reads_pieces, HealOptions(fit="rows").reads_pieces
-        (True, False, False)
+        (True, True, False)
         """
-        auto = self.map_features == "auto" and self.rows == "new"
-        return self.fit == "affine" and (self.map_features == "pieces" or auto)
+        return self.fit == "affine" and self.map_features in ("pieces", "auto")
 
     def budget_limit(self) -> tuple[float | None, int | None]:
         """(seconds, steps) from --budget; exactly one is set.

@@ -247,3 +247,49 @@ def test_a_batch_without_mapped_tokens_trains_no_residual_and_the_next_batch_sta
     affine.mapped(torch.tensor([1])).sum().backward()
     affine.finish_step()
     assert affine.delta.grad.abs().sum(dim=1).tolist() == [3.0, 0.0, 0.0]  # the last step's row is cleared
+
+
+def test_rows_the_map_keeps_train_by_their_residuals_alone() -> None:
+    ids = [1, 12, 13, 5, 12, 30, 2, 31]
+    model, reference_model = model_and_twin(40)
+    weight = model.get_input_embeddings().weight
+    original = weight.detach().clone()
+    mask = torch.arange(40) >= 10
+    kept = torch.arange(40) >= 30  # trained rows the map leaves alone (as --rows all leaves the copied rows)
+    # the kept rows' corrections at half the rate: for Adam the same as rows base + 0.5 * delta
+    options = HealOptions(fit="affine", warmup_steps=0, residual_learning_rate=1e-2, copied_learning_rate=5e-3)
+    trainable = _Trainable([weight], mask, kept=kept)
+    trainer = _Trainer(model, SimpleNamespace(bos_token_id=None), None, None, trainable, options)
+    trainer._step([Sequence(0, np.array(ids), np.arange(1, len(ids) + 1), "x" * len(ids))])
+    affine = trainer.maps[0]
+    assert affine.A.grad is not None and affine.b.grad is not None and affine.delta is not None
+
+    # reference: mapped rows A @ e + b + delta, kept rows e + 0.5 delta, differentiable in all three
+    base = features(affine, [])
+    A = torch.eye(weight.shape[1]).requires_grad_()
+    b = torch.zeros(weight.shape[1], requires_grad=True)
+    delta = torch.zeros(int(mask.sum()), weight.shape[1], requires_grad=True)
+    follows = ~kept[mask]
+    scale = torch.where(follows, 1.0, 0.5).unsqueeze(1)
+    rows = torch.where(follows.unsqueeze(1), base @ A.T + b, base) + delta * scale
+    matrix = reference_model.get_input_embeddings().weight.detach().index_put((mask.nonzero()[:, 0],), rows)
+    loss_with_matrix(reference_model, matrix, ids).backward()
+    assert A.grad is not None and b.grad is not None and delta.grad is not None
+    assert torch.allclose(affine.A.grad, A.grad, atol=1e-5)
+    assert torch.allclose(affine.b.grad, b.grad, atol=1e-5)
+    assert affine.delta.grad is not None
+    in_batch = torch.isin(affine.rows, torch.tensor(ids))  # 12, 13 follow the map; 30, 31 are kept
+    assert torch.allclose(affine.delta.grad[in_batch], delta.grad[in_batch], atol=1e-5)
+    # after the step: kept rows are their start plus half their residual (the moved map never reaches them)
+    assert not torch.allclose(affine.A.detach(), torch.eye(weight.shape[1]))
+    kept_rows = kept.nonzero()[:, 0]
+    assert torch.allclose(weight[kept_rows], original[kept_rows] + 0.5 * affine.delta.detach()[~follows])
+    assert not torch.equal(weight[[30, 31]], original[[30, 31]]) and torch.equal(weight[32:], original[32:])
+    mapped = base[follows] @ affine.A.detach().T + affine.b.detach() + affine.delta.detach()[follows]
+    assert torch.allclose(weight[10:30], mapped)
+    assert torch.equal(weight[:10], original[:10])
+
+
+def test_rows_the_map_keeps_need_residuals() -> None:
+    with pytest.raises(ValueError, match="residual"):
+        AffineRows(torch.randn(4, 2), torch.ones(4, dtype=torch.bool), kept=torch.tensor([True, False, False, False]))

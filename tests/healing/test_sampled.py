@@ -68,8 +68,13 @@ def test_gathered_sum_matches_a_dense_product_across_chunks() -> None:
     assert torch.allclose(gathered_sum(coefficient, table, index), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("with_lookups", "residual"), [(False, False), (True, False), (True, True)])
-def test_the_sampled_head_keeping_every_token_equals_the_exact_head(with_lookups: bool, residual: bool) -> None:
+@pytest.mark.parametrize(
+    ("with_lookups", "residual", "keeps"),
+    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
+)
+def test_the_sampled_head_keeping_every_token_equals_the_exact_head(
+    with_lookups: bool, residual: bool, keeps: bool
+) -> None:
     generator = torch.Generator().manual_seed(3)
     weight = torch.randn(9, 4, generator=generator)
     mask = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
@@ -77,7 +82,8 @@ def test_the_sampled_head_keeping_every_token_equals_the_exact_head(with_lookups
     lookups = [Lookup(table, torch.tensor([2, 0, 2, -1, 1]))] if with_lookups else []
     grads = []
     for head in ("exact", "sampled"):
-        affine = AffineRows(weight.clone(), mask, lookups, residual=residual)
+        kept = torch.tensor([0, 0, 0, 0, 1, 0, 0, 0, 1], dtype=torch.bool) if keeps else None  # rows the map leaves
+        affine = AffineRows(weight.clone(), mask, lookups, residual=residual, kept=kept)
         with torch.no_grad():
             affine.A.add_(0.1 * torch.randn(affine.A.shape, generator=torch.Generator().manual_seed(4)))
             affine.b.fill_(0.3)
@@ -98,8 +104,10 @@ def test_the_sampled_head_keeping_every_token_equals_the_exact_head(with_lookups
         assert not residual or (residual_grad is not None and residual_grad.shape == (3, 4))
         grads.append((scored.detach(), hidden.grad, affine.A.grad, affine.b.grad, residual_grad))
         offsets = affine.delta.detach() if affine.delta is not None else 0.0
-        mapped = features(affine, lookups) @ affine.A.detach().T + affine.b.detach() + offsets
-        assert torch.allclose(affine.weight[mask], mapped, atol=1e-5)
+        mapped = features(affine, lookups) @ affine.A.detach().T + affine.b.detach()
+        if kept is not None:
+            mapped = torch.where(affine.follows.unsqueeze(1), mapped, weight[mask])
+        assert torch.allclose(affine.weight[mask], mapped + offsets, atol=1e-5)
     for exact, sampled in zip(*grads, strict=True):
         assert sampled is not None and exact is not None
         assert torch.allclose(sampled, exact, atol=1e-5)

@@ -93,6 +93,36 @@ def test_only_the_new_rows_change(
             assert torch.equal(after[name], tensor), name  # the frozen body, byte for byte
 
 
+def test_rows_all_maps_the_new_rows_and_moves_copied_rows_only_by_their_corrections(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
+) -> None:
+    zero_shot = transplanted(tmp_path, tied_model_dir, new_tokenizer_dir, tiny_embedder_dir)
+    out = tmp_path / "healed"
+    result = heal(zero_shot, out, [str(heal_text)], quick(rows="all"))
+    tokenizer = AutoTokenizer.from_pretrained(zero_shot)
+    alignment = align_vocabularies(
+        build_vocabulary(AutoTokenizer.from_pretrained(tied_model_dir)),
+        build_vocabulary(tokenizer),
+        len(AutoTokenizer.from_pretrained(tied_model_dir)),
+    )
+    estimated = torch.zeros(len(alignment.kinds), dtype=torch.bool)
+    estimated[torch.from_numpy(alignment.estimated_ids)] = True
+    assert result.rows["map_features"] == "pieces" and result.rows["corrections_only"] == int((~estimated).sum())
+    assert result.rows["trained"] == result.rows["total"]
+    readme = (out / "README.md").read_text()
+    assert f"the other {int((~estimated).sum())} rows train by their corrections alone" in readme
+
+    before = load_file(str(zero_shot / "model.safetensors"))["model.embed_tokens.weight"]
+    after = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
+    seen = torch.zeros(before.shape[0], dtype=torch.bool)
+    seen[tokenizer("\n".join(CORPUS))["input_ids"]] = True  # a superset of the tokens training showed
+    changed = (after != before).any(dim=1)
+    assert changed[estimated].all()  # the map moves every new row, seen or not
+    assert changed[~estimated & seen].any()  # copied rows in the training text moved by their corrections
+    unseen_copied = ~estimated & ~seen
+    assert unseen_copied.any() and not changed[unseen_copied].any()  # the rest stay byte-identical
+
+
 def test_untied_with_piece_features_input_and_output_heal_apart_and_copied_rows_stay(
     tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path, heal_text: Path
 ) -> None:
@@ -188,8 +218,12 @@ def test_rows_all_needs_no_teacher_and_rows_new_says_how_to_name_one(
     with pytest.raises(InputError, match="--teacher"):
         heal(tied_model_dir, tmp_path / "x", [str(heal_text)], quick())
     assert not (tmp_path / "x").exists()
+    with pytest.raises(InputError, match="--map-features pieces reads the original model's rows"):
+        heal(tied_model_dir, tmp_path / "x", [str(heal_text)], quick(rows="all", map_features="pieces"))
+    assert not (tmp_path / "x").exists()
     result = heal(tied_model_dir, tmp_path / "all", [str(heal_text)], quick(rows="all", budget="2steps"))
     assert result.rows["trained"] == result.rows["total"] and result.teacher_bits_per_byte is None
+    assert result.rows["map_features"] == "estimate"  # auto, without an original model to read pieces from
 
 
 def test_cli_heal_reports_bad_input_without_a_traceback(
@@ -306,10 +340,10 @@ def test_learning_rate_warms_up_then_stays_or_decays_with_the_budget() -> None:
         ({"optimizer": "adagrad"}, "--optimizer must be one of adam, lazy-adam, sgd"),
         ({"map_learning_rate": 0.0}, "--map-learning-rate must be positive"),
         ({"map_features": "words"}, "--map-features must be one of auto, estimate, pieces"),
-        ({"map_features": "pieces", "rows": "all"}, "--map-features pieces needs --rows new"),
         ({"map_features": "pieces", "fit": "rows"}, "--map-features pieces needs --fit affine"),
         ({"gradient_samples": -1}, r"--gradient-samples must be 0 \(exact\) or positive"),
         ({"residual_learning_rate": -1e-3}, r"--residual-learning-rate must be 0 \(off\) or positive"),
+        ({"copied_learning_rate": 0.0}, "--copied-learning-rate must be positive"),
     ],
 )
 def test_heal_options_name_the_bad_flag(overrides: dict[str, object], message: str) -> None:

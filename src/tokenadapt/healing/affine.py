@@ -61,11 +61,27 @@ class AffineRows:
     """
 
     def __init__(
-        self, weight: torch.Tensor, mask: torch.Tensor, lookups: list[Lookup] | None = None, residual: bool = False
+        self,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        lookups: list[Lookup] | None = None,
+        residual: bool = False,
+        kept: torch.Tensor | None = None,
+        kept_scale: float = 1.0,
     ) -> None:
         self.weight = weight
         self.rows = mask.nonzero().squeeze(1)  # [N]
         self.base = weight.detach()[self.rows].clone()  # [N, d]: the transplant's estimates
+        # rows of `mask` the map leaves alone (`kept` [V] bool; needs residual): each keeps its value plus its own
+        # correction. With --rows all these are the copied rows: already right, so no map of the estimates' errors
+        # may move them, yet the new tokenization gives them new neighbours their corrections can follow
+        self.follows = torch.ones_like(self.rows, dtype=torch.bool) if kept is None else ~kept[self.rows]  # [N]
+        self.keeps_some = not bool(self.follows.all())
+        if self.keeps_some and not residual:
+            raise ValueError("rows the map keeps can train only through their residuals: pass residual=True")
+        # a kept row is base + kept_scale * delta: for Adam, whose step ignores the gradient's scale, the same as a
+        # learning rate kept_scale times the residuals' (--copied-learning-rate)
+        self.delta_scale = torch.where(self.follows, 1.0, kept_scale).to(weight.dtype).unsqueeze(1)  # [N, 1]
         dim = int(weight.shape[1])
         self.tables: list[torch.Tensor] = []  # each with a zero row appended, which index -1 reads
         self.indices: list[torch.Tensor] = []
@@ -114,8 +130,13 @@ class AffineRows:
         self._grad[self._written] = 0.0  # one [N, d] buffer for every step: only the last step's rows are non-zero
         self._written = self.active
         if self.step_delta.grad is not None:
-            self._grad[self.active] = self.step_delta.grad
+            self._grad[self.active] = self.step_delta.grad * self.delta_scale[self.active]
         self.delta.grad = self._grad
+
+    def on_map(self, position: torch.Tensor) -> torch.Tensor:
+        """bool, position's shape: which entries (indices into the mapped rows, -1 for other rows) the map writes."""
+        inside = position >= 0
+        return inside & self.follows[position.clamp(min=0)] if self.keeps_some else inside
 
     def reads(self, at: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per feature, in A's block order, its table and the rows of it that the mapped rows `at` read: the
@@ -131,6 +152,8 @@ class AffineRows:
         at = index.clamp(min=0)
         for block, (table, read) in zip(self.blocks, self.reads(at), strict=True):
             rows = rows + table[read] @ self.A[:, block].T
+        if self.keeps_some:
+            rows = torch.where(self.follows[at].unsqueeze(-1), rows, self.base[at])
         if self.step_delta is not None:
             rows = rows + self.step_delta[self.slot[at].clamp(min=0)] * (self.slot[at] >= 0).unsqueeze(-1)
         return rows * (index >= 0).unsqueeze(-1)
@@ -141,8 +164,10 @@ class AffineRows:
         rows = torch.addmm(self.b, self.base, self.A[:, self.blocks[0]].T)
         for block, table, lookup in zip(self.blocks[1:], self.tables, self.indices, strict=True):
             rows += (table @ self.A[:, block].T)[lookup]
+        if self.keeps_some:
+            rows[~self.follows] = self.base[~self.follows]
         if self.delta is not None:
-            rows += self.delta
+            rows += self.delta * self.delta_scale if self.keeps_some else self.delta
         self.weight[self.rows] = rows
 
     def feature_products(self, grad_rows: torch.Tensor) -> torch.Tensor:
@@ -185,11 +210,13 @@ class AffineHead(torch.autograd.Function):
         grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
         grad_A = grad_b = grad_delta = None
         grad_rows = grad_logits[:, affine.rows]  # [T, N]
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            grad_A = hidden.T @ affine.feature_products(grad_rows)
-            grad_b = hidden.T @ grad_rows.sum(dim=1)
         if len(ctx.needs_input_grad) > 5 and ctx.needs_input_grad[5]:
             grad_delta = grad_rows[:, affine.active].T @ hidden
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            if affine.keeps_some:
+                grad_rows = grad_rows * affine.follows  # the rows the map leaves alone give it no gradient
+            grad_A = hidden.T @ affine.feature_products(grad_rows)
+            grad_b = hidden.T @ grad_rows.sum(dim=1)
         return grad_hidden, None, grad_A, grad_b, None, grad_delta  # without `delta` autograd drops the last None
 
 

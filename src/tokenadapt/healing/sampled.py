@@ -109,14 +109,14 @@ class SampledAffineHead(torch.autograd.Function):
             grad_hidden = gathered_sum(coefficient, weight, index) if ctx.needs_input_grad[0] else None
             grad_A = grad_b = grad_delta = None
             position = affine.position[index]  # [T, M]: index into the mapped rows, -1 for the others
-            mapped = coefficient * (position >= 0)
             if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+                mapped = coefficient * affine.on_map(position)
                 parts = [gathered_sum(mapped, table, read) for table, read in affine.reads(position.clamp(min=0))]
                 grad_A = hidden.T @ torch.cat(parts, dim=1)
                 grad_b = hidden.T @ mapped.sum(dim=1)
             if len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]:
                 slot = torch.where(position >= 0, affine.slot[position.clamp(min=0)], -1)  # [T, M]: index into R
-                grad_delta = scattered_rows(mapped, slot, hidden, affine.active.numel())
+                grad_delta = scattered_rows(coefficient, slot, hidden, affine.active.numel())
         # without `delta` autograd drops the trailing None
         return grad_hidden, None, grad_A, grad_b, None, None, None, None, grad_delta
 

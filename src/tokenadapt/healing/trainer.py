@@ -136,7 +136,8 @@ class _Trainable:
 
     parameters: list[torch.nn.Parameter]
     mask: torch.Tensor  # bool [rows]
-    pieces: Decomposition | None = None  # the trained rows' old-tokenizer pieces, in row order (with --rows new)
+    pieces: Decomposition | None = None  # the trained rows' old-tokenizer pieces, in row order (none: copied rows)
+    kept: torch.Tensor | None = None  # bool [rows]: trained rows the map leaves alone (--rows all with residuals)
 
     def snapshot(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.parameters]
@@ -215,6 +216,7 @@ def heal(
             "fit": options.fit,
             "map_features": None if options.fit != "affine" else "pieces" if extra else "estimate",
             "residuals": any(m.delta is not None for m in trainer.maps),
+            "corrections_only": int((~trainer.maps[0].follows).sum()) if trainer.maps else 0,
             "untied": untied,
         },
         teacher_bits_per_byte=teacher_bpb,
@@ -316,7 +318,14 @@ class _Trainer:
             )
         features = extra or [[] for _ in trainable.parameters]
         self.maps = [
-            AffineRows(parameter, trainable.mask, more, residual=options.residual_learning_rate > 0)
+            AffineRows(
+                parameter,
+                trainable.mask,
+                more,
+                options.residual_learning_rate > 0,
+                trainable.kept,
+                options.copied_learning_rate / options.residual_learning_rate if trainable.kept is not None else 1.0,
+            )
             for parameter, more in zip(trainable.parameters, features, strict=True)
         ]
         self.head_map = next(m for m in self.maps if m.weight.data_ptr() == head_weight.data_ptr())
@@ -553,23 +562,47 @@ def _trainable_rows(
     if head is not None and head.weight.data_ptr() != input_weight.data_ptr():
         parameters.append(head.weight)
     rows = int(input_weight.shape[0])
-    mask = torch.ones(rows, dtype=torch.bool)
-    if options.rows == "new":
-        if teacher_tokenizer is None or teacher_rows is None:
+    if teacher_tokenizer is None or teacher_rows is None:
+        if options.rows == "new":
             raise InputError(
                 "--rows new needs to know which rows the transplant estimated, and no original model is known.",
                 "Add --teacher MODEL (the model the transplant started from), or train every row with --rows all.",
             )
-        match = (transplant_report or {}).get("options", {}).get("match", TransplantOptions.match)
-        old_vocab, new_vocab = build_vocabulary(teacher_tokenizer), build_vocabulary(tokenizer)
-        alignment = align_vocabularies(old_vocab, new_vocab, teacher_rows, MatchMode(match))
-        mask = torch.zeros(rows, dtype=torch.bool)
-        estimated = torch.from_numpy(alignment.estimated_ids)
-        mask[estimated[estimated < rows]] = True
-        if options.reads_pieces:
-            pieces = decompose(old_vocab, new_vocab, mask.nonzero().squeeze(1).numpy(), teacher_rows)
-            return _Trainable(parameters, mask, pieces)
-    return _Trainable(parameters, mask)
+        if options.map_features == "pieces":
+            raise InputError(
+                "--map-features pieces reads the original model's rows of each token's pieces, and no original "
+                "model is known.",
+                "Add --teacher MODEL (the model the transplant started from), or use --map-features estimate.",
+            )
+        return _Trainable(parameters, torch.ones(rows, dtype=torch.bool))
+    match = (transplant_report or {}).get("options", {}).get("match", TransplantOptions.match)
+    old_vocab, new_vocab = build_vocabulary(teacher_tokenizer), build_vocabulary(tokenizer)
+    alignment = align_vocabularies(old_vocab, new_vocab, teacher_rows, MatchMode(match))
+    estimated = torch.zeros(rows, dtype=torch.bool)
+    ids = torch.from_numpy(alignment.estimated_ids)
+    estimated[ids[ids < rows]] = True
+    mask = estimated if options.rows == "new" else torch.ones(rows, dtype=torch.bool)
+    # --rows all with the map: the map writes the estimated rows, the copied rows train by their corrections alone
+    kept = ~estimated if options.rows == "all" and options.fit == "affine" and options.residual_learning_rate else None
+    pieces = None
+    if options.reads_pieces:
+        spelled = decompose(old_vocab, new_vocab, estimated.nonzero().squeeze(1).numpy(), teacher_rows)
+        pieces = spread_pieces(spelled, estimated[mask])
+    return _Trainable(parameters, mask, pieces, kept)
+
+
+def spread_pieces(spelled: Decomposition, among: torch.Tensor) -> Decomposition:
+    """The pieces of the rows `among` [N] marks, spread over all N rows (rows it does not mark have none).
+
+    >>> spelled = Decomposition(torch.tensor([[4, 5]]), torch.tensor([[True, True]]))
+    >>> d = spread_pieces(spelled, torch.tensor([False, True]))
+    >>> d.pieces.tolist(), d.mask.tolist()
+    ([[0, 0], [4, 5]], [[False, False], [True, True]])
+    """
+    pieces = spelled.pieces.new_zeros(among.shape[0], spelled.pieces.shape[1])
+    mask = spelled.mask.new_zeros(among.shape[0], spelled.mask.shape[1])
+    pieces[among], mask[among] = spelled.pieces, spelled.mask
+    return Decomposition(pieces, mask)
 
 
 def _teacher_matrices(teacher: Any, count: int) -> list[torch.Tensor]:
@@ -661,6 +694,12 @@ def model_card(result: HealResult) -> str:
         f"{result.rows['trained']} embedding rows trained ({result.rows['kind']}, "
         f"{_FIT_WORDS.get(result.rows.get('fit', 'rows'), 'fit rows')}"
         + (", plus a correction of each row its token's batches trained" if result.rows.get("residuals") else "")
+        + (
+            f"; the map writes the estimated rows only, the other {result.rows['corrections_only']} rows train by "
+            "their corrections alone"
+            if result.rows.get("corrections_only")
+            else ""
+        )
         + ("; the output matrix untied from the input matrix" if result.rows.get("untied") else "")
         + "), body frozen, "
         f"{result.steps} steps on "
