@@ -25,6 +25,10 @@ token (a whitespace run in code, a German suffix). A step trains only the correc
 (`start_step`): they enter the graph as a small [R, d] leaf, so neither path builds an [N, d] gradient, and
 `finish_step` hands that to the optimizer as delta's gradient, zero elsewhere.
 
+Rows may also train outside the map (`kept`, used by --rows all for the rows the transplant copied): such a row is
+its start plus `kept_scale` times its own correction, and the map's gradient leaves it out, so the map stays a fix
+of the estimates' errors while the copied rows follow the company the new tokenization puts them in.
+
     >>> affine = AffineRows(model.get_input_embeddings().weight, mask)    # mask: bool [V], the rows to map
     >>> logits = AffineHead.apply(hidden, affine.weight, affine.A, affine.b, affine)
     >>> loss.backward(); optimizer.step(); affine.materialize()
