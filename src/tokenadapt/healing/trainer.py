@@ -562,6 +562,8 @@ def _trainable_rows(
     if head is not None and head.weight.data_ptr() != input_weight.data_ptr():
         parameters.append(head.weight)
     rows = int(input_weight.shape[0])
+    if options.rows == "all" and options.fit != "affine":
+        return _Trainable(parameters, torch.ones(rows, dtype=torch.bool))  # every row on its own: no alignment needed
     if teacher_tokenizer is None or teacher_rows is None:
         if options.rows == "new":
             raise InputError(
