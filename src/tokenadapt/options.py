@@ -95,6 +95,13 @@ class TransplantOptions:
     fallback: str = _opt(
         "hybrid", "align, focus, omp: estimate for tokens they cannot place: hybrid, local, global, subword-mean, mean"
     )
+    prior: str = _opt(
+        "auto",
+        "prior calibration of the estimated rows' mean logits by the new tokenizer's frequency order (prior.py): "
+        "'auto' (on for hybrid, off for the other methods, which stay as published), 'on' or 'off' (the paper's "
+        "hybrid)",
+    )
+    prior_weight: float = _opt(0.5, "prior calibration: share of the way to the predicted mean logit (0-1)")
     numbers: str = _opt(
         "off",
         "number tokens (digits, optional leading space): 'auto' mixes in a digit-based estimate (measured worse on "
@@ -103,7 +110,7 @@ class TransplantOptions:
 
     def validated(self) -> TransplantOptions:
         """Self, after checking every value; raises InputError naming the bad option and its valid range."""
-        from tokenadapt.methods import method_names
+        from tokenadapt.methods import get_method, method_names
 
         checks: list[tuple[bool, str]] = [
             (self.method in method_names(), f"--method must be one of {', '.join(method_names())}"),
@@ -126,8 +133,16 @@ class TransplantOptions:
             (self.omp_max_residual >= 0, "--omp-max-residual must be 0 or more"),
             (self.fallback in FALLBACKS, f"--fallback must be one of {', '.join(FALLBACKS)}"),
             (self.numbers in ("auto", "off"), "--numbers must be 'auto' or 'off'"),
+            (self.prior in ("auto", "on", "off"), "--prior must be 'auto', 'on' or 'off'"),
+            (0.0 <= self.prior_weight <= 1.0, "--prior-weight must be between 0 and 1"),
         ]
         raise_first_failure(checks)
+        if self.prior == "on" and not get_method(self.method).column_separable:
+            raise InputError(
+                f"--prior on cannot calibrate --method {self.method}: its rows are not a linear combination of "
+                "the old rows, so their mean logits cannot be computed ahead of them.",
+                "Drop --prior on, or choose another method.",
+            )
         if self.method in ("align", "focus") and not self.text.strip():
             raise InputError(
                 f"--method {self.method} learns from a text, and none was given.",
@@ -146,6 +161,11 @@ class TransplantOptions:
                 "or choose another method.",
             )
         return self
+
+    @property
+    def prior_active(self) -> bool:
+        """Whether the estimated rows get prior calibration (`--prior auto` means: for hybrid)."""
+        return self.prior_weight > 0 and (self.prior == "on" or (self.prior == "auto" and self.method == "hybrid"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -39,6 +39,7 @@ from tokenadapt.methods.numbers import apply_numbers
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
+from tokenadapt.prior import PriorPlan, frequency_ranks, hidden_statistics, plan_prior, sample_hidden_states
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
 from tokenadapt.safetensors_io import SafetensorsHeader, TensorSpec, read_tensor
 from tokenadapt.tokenizer_io import load_tokenizer, resolve_tokenizer, save_tokenizer
@@ -77,6 +78,7 @@ class TransplantResult:
     verification: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     command: str | None = None
+    prior: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,6 +97,7 @@ class TransplantResult:
         for matrix, paths in self.method_paths.items():
             lines.append(f"{matrix} rows by path: " + ", ".join(f"{k} {v}" for k, v in paths.items() if v))
         lines.append(f"Chat template: {self.chat_template['status']}" + _missing_note(self.chat_template))
+        lines.append(f"Prior calibration: {prior_summary(self.prior)}.")
         files = self.model.get("files")
         lines.append(
             f"Checkpoint: {self.model.get('io_note', self.model.get('io'))}"
@@ -156,6 +159,12 @@ def transplant(
         alignment = align_vocabularies(old_vocab, new_vocab, old_rows, MatchMode(options.match))
     log.info("aligned %d -> %d tokens: %s", old_vocab.size, new_vocab.size, alignment.counts())
     inputs = _method_inputs(spec, old_vocab, new_vocab, alignment, old_rows, options, timings, progress)
+    prior_plan: PriorPlan | None = None
+    if options.prior_active and inputs.count:
+        with timings.stage("prior"):
+            prior_plan = calibrate_prior(
+                lm, resolved_model.path, old_tokenizer, new_vocab, alignment, inputs, spec, options, progress
+            )
     rows = padded_rows(new_vocab.size, options.pad_to_multiple_of)
     chat = decide_chat_template(old_tokenizer, new_tokenizer, old_vocab, new_vocab)
     ids = special_ids(new_tokenizer)
@@ -180,7 +189,7 @@ def transplant(
         if plan is None:
             assert matrices is not None
             with timings.stage("estimate"):
-                method_paths = _estimate_in_memory(lm, matrices, alignment, inputs, spec, old_vocab, rows)
+                method_paths = _estimate_in_memory(lm, matrices, alignment, inputs, spec, old_vocab, rows, prior_plan)
                 configure_special_ids(lm, ids)
             log.info("saving to %s", tmp)
             with timings.stage("save"):
@@ -188,7 +197,9 @@ def transplant(
                 save_tokenizer(new_tokenizer, tmp)
         else:
             log.info("writing to %s", tmp)
-            new_tensors, method_paths = _estimate_file_level(plan, alignment, inputs, spec, old_vocab, rows, timings)
+            new_tensors, method_paths = _estimate_file_level(
+                plan, alignment, inputs, spec, old_vocab, rows, timings, prior_plan
+            )
             with timings.stage("save"):  # the estimate stage runs inside, as the writer reaches each new tensor
                 summary = write_checkpoint(plan, tmp, new_tensors, ids, link=options.link_shards)
                 save_tokenizer(new_tokenizer, tmp)
@@ -223,6 +234,7 @@ def transplant(
             versions=versions(),
             warnings=warnings,
             command=command,
+            prior=prior_plan.report if prior_plan is not None else None,
         )
         if options.verify:
             log.info("verifying the written directory")
@@ -268,13 +280,21 @@ def _estimate_in_memory(
     spec: MethodSpec,
     old_vocab: Vocabulary,
     rows: int,
+    prior: PriorPlan | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Estimate the new matrices of a loaded model and install them; returns the method paths per matrix."""
-    new_input, input_paths = assemble_matrix(matrices.input, alignment, inputs, spec, old_vocab, rows)
+    """Estimate the new matrices of a loaded model and install them; returns the method paths per matrix.
+
+    `prior` shifts the rows of the matrix the head reads: the untied head, or the tied embeddings."""
+    tied = matrices.output is None
+    new_input, input_paths = assemble_matrix(
+        matrices.input, alignment, inputs, spec, old_vocab, rows, prior if tied else None
+    )
     method_paths = {"input": input_paths}
     new_output = new_bias = None
     if matrices.output is not None:
-        new_output, method_paths["output"] = assemble_matrix(matrices.output, alignment, inputs, spec, old_vocab, rows)
+        new_output, method_paths["output"] = assemble_matrix(
+            matrices.output, alignment, inputs, spec, old_vocab, rows, prior
+        )
     if matrices.output_bias is not None:
         new_bias, _ = assemble_matrix(matrices.output_bias[:, None], alignment, inputs, spec, old_vocab, rows)
         new_bias = new_bias[:, 0]
@@ -290,6 +310,7 @@ def _estimate_file_level(
     old_vocab: Vocabulary,
     rows: int,
     timings: Timings,
+    prior: PriorPlan | None = None,
 ) -> tuple[dict[str, TensorSpec], dict[str, dict[str, int]]]:
     """The changed tensors as `TensorSpec`s whose bytes are computed when the shard writer reaches them.
 
@@ -299,6 +320,7 @@ def _estimate_file_level(
     """
     new_tensors: dict[str, TensorSpec] = {}
     method_paths: dict[str, dict[str, int]] = {}
+    head_role = "input" if len(plan.changed) == 1 else "output"  # tied: the embeddings are the head
     for role, name in zip(("input", "output"), plan.changed, strict=False):
         header = plan.shards[plan.file_of(name)]
 
@@ -306,11 +328,76 @@ def _estimate_file_level(
             with timings.stage("estimate"):
                 old = read_tensor(header, name)
                 new = torch.empty((rows, plan.hidden_size), dtype=plan.torch_dtype)
-                method_paths[role] = assemble_into(new, old, alignment, inputs, spec, old_vocab)
+                shift = prior if role == head_role else None
+                method_paths[role] = assemble_into(new, old, alignment, inputs, spec, old_vocab, shift)
             return new  # the old matrix is freed with this frame, before the writer copies `new` out
 
         new_tensors[name] = TensorSpec(name, plan.dtype, (rows, plan.hidden_size), compute)
     return new_tensors, method_paths
+
+
+def calibrate_prior(
+    lm: Any,
+    model_path: Path,
+    old_tokenizer: Any,
+    new_vocab: Vocabulary,
+    alignment: Alignment,
+    inputs: MethodInputs,
+    spec: MethodSpec,
+    options: TransplantOptions,
+    progress: bool,
+) -> PriorPlan:
+    """The prior calibration of the estimated rows (see `tokenadapt.prior`).
+
+    Needs the old model to sample from: the in-memory path's `lm`, or (file-level path, `lm` None) the model
+    loaded in its stored dtype for this step alone. The estimates' mean logits come from the method applied to
+    the old rows' mean logits [V, 1], which equals the mean logit of the estimated rows for a linear method.
+    """
+    model = lm if lm is not None else load_causal_lm(model_path)
+    start = next((i for i in (old_tokenizer.bos_token_id, old_tokenizer.eos_token_id) if i is not None), 0)
+    _, hidden = sample_hidden_states(model, start, seed=options.seed, progress=progress)
+    statistics = hidden_statistics(hidden)
+    head = model.get_output_embeddings()
+    head_rows = (head if head is not None else model.get_input_embeddings()).weight.detach()
+    with torch.no_grad():
+        old_priors = head_rows.to(torch.float32) @ statistics.mean  # [V]
+    del model, head, head_rows
+    estimated = apply_numbers(old_priors[:, None], inputs, spec.fn(old_priors[:, None], inputs)).rows[:, 0]
+    ranks = torch.from_numpy(frequency_ranks(new_vocab))
+    shared = alignment.ids_of(Assignment.EXACT, Assignment.CANONICAL)
+    sources = alignment.source[shared]
+    # single bytes sit first in a byte-level vocabulary by construction, not by frequency: leave them out
+    keep = np.array(
+        [
+            len(new_vocab.canonical[i] or b"") >= 2 and s < old_priors.shape[0]
+            for i, s in zip(shared, sources, strict=True)
+        ],
+        dtype=bool,
+    )
+    shared, sources = shared[keep], sources[keep]
+    new_ids = torch.from_numpy(inputs.new_ids)
+    return plan_prior(
+        statistics,
+        estimated,
+        ranks[new_ids],
+        old_priors[torch.from_numpy(sources)],
+        ranks[torch.from_numpy(shared)],
+        options.prior_weight,
+    )
+
+
+def prior_summary(report: dict[str, Any] | None) -> str:
+    """One line on what prior calibration did, for the Markdown summary and the model card."""
+    if report is None:
+        return "off"
+    fit = report["fit"]
+    if not report.get("applied"):
+        return f"not applied: {report['reason']}"
+    return (
+        f"estimated rows' mean logits moved {report['weight']:g} of the way to what the new tokenizer's frequency "
+        f"order predicts (fit on {report['shared_tokens']} shared tokens, r = {fit['r']:.2f}; mean shift "
+        f"{report['mean_shift']:+.2f})"
+    )
 
 
 def padded_rows(size: int, multiple: int) -> int:
@@ -422,6 +509,7 @@ def assemble_into(
     inputs: MethodInputs,
     spec: MethodSpec,
     old_vocab: Vocabulary,
+    prior: PriorPlan | None = None,
 ) -> dict[str, int]:
     """Fill `new` [rows, d] from `old` [V_old, d] (each in any float dtype); returns the method paths.
 
@@ -443,8 +531,9 @@ def assemble_into(
     paths: dict[str, int] = {}
     for start in range(0, width, step):
         stop = min(width, start + step)
+        shift = prior.block(start, stop) if prior is not None else None
         block, paths = assemble_block(
-            old[:, start:stop].to(torch.float32).contiguous(), rest, alignment, inputs, spec, old_vocab
+            old[:, start:stop].to(torch.float32).contiguous(), rest, alignment, inputs, spec, old_vocab, shift
         )
         new[:, start:stop].index_copy_(0, rest_index, block.to(new.dtype))
         del block
@@ -469,10 +558,11 @@ def assemble_matrix(
     spec: MethodSpec,
     old_vocab: Vocabulary,
     rows: int,
+    prior: PriorPlan | None = None,
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """The full new matrix [rows, d] (float32) for one old matrix [V_old, d]."""
     new = torch.empty((rows, old.shape[1]), dtype=torch.float32)
-    return new, assemble_into(new, old, alignment, inputs, spec, old_vocab)
+    return new, assemble_into(new, old, alignment, inputs, spec, old_vocab, prior)
 
 
 def assemble_block(
@@ -482,9 +572,11 @@ def assemble_block(
     inputs: MethodInputs,
     spec: MethodSpec,
     old_vocab: Vocabulary,
+    prior_shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Rows `rest` (ascending new ids that copy no old row) [len(rest), c] from old columns [V_old, c] (float32):
-    role-less specials, estimates, and the mean of the old rows for holes and padding."""
+    role-less specials, estimates (plus `prior_shift` [U, c] where given), and the mean of the old rows for holes
+    and padding."""
     mean = candidate_mean(old, inputs.old_candidates)
     new = mean.expand(len(rest), -1).clone()  # holes and padding rows: never emitted, so the neutral mean is safest
     unmatched = alignment.ids_of(Assignment.SPECIAL_UNMATCHED)
@@ -496,7 +588,8 @@ def assemble_block(
     paths: dict[str, int] = {}
     if inputs.count:
         estimate = apply_numbers(old, inputs, spec.fn(old, inputs))
-        new[torch.from_numpy(np.searchsorted(rest, inputs.new_ids))] = estimate.rows
+        rows = estimate.rows if prior_shift is None else estimate.rows + prior_shift
+        new[torch.from_numpy(np.searchsorted(rest, inputs.new_ids))] = rows
         paths = estimate.paths
     return new, paths
 
@@ -568,6 +661,7 @@ def model_card(result: TransplantResult) -> str:
         f"Vocabulary {result.model['old_vocab_size']} -> {result.tokenizer['size']}. Where each row came from:\n\n"
         f"{counts}\n\n"
         f"Chat template: {result.chat_template['status']}{_missing_note(result.chat_template)}.\n\n"
+        f"Prior calibration: {prior_summary(result.prior)}.\n\n"
         "Zero-shot transplants lose some quality; see transplant_report.json for every figure and "
         "`tokenadapt eval` to measure it on your text.\n"
     )
