@@ -135,6 +135,15 @@ def untied_model_dir(tmp_path: Path, byte_level_tokenizer: PreTrainedTokenizerFa
     return save_model_dir(tmp_path / "untied-model", byte_level_tokenizer, tied=False)
 
 
+@pytest.fixture(params=[True, False], ids=["tied", "untied"])
+def tied_or_untied_model_dir(
+    request: pytest.FixtureRequest, tmp_path: Path, byte_level_tokenizer: PreTrainedTokenizerFast
+) -> Path:
+    """The tiny model saved tied, then untied (read `tie_word_embeddings` from its config to tell which)."""
+    name = "tied-model" if request.param else "untied-model"
+    return save_model_dir(tmp_path / name, byte_level_tokenizer, tied=request.param)
+
+
 @pytest.fixture
 def new_tokenizer_dir(tmp_path: Path, metaspace_tokenizer: PreTrainedTokenizerFast) -> Path:
     path = tmp_path / "new-tokenizer"
