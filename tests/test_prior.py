@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -183,6 +184,35 @@ def test_file_level_and_in_memory_paths_calibrate_alike(
         assert result.model["io"] == io and result.prior is not None and result.prior["applied"]
         weights[io] = AutoModelForCausalLM.from_pretrained(tmp_path / io).get_input_embeddings().weight
     assert torch.equal(weights["file-level"], weights["in-memory"])
+
+
+def test_auto_leaves_big_checkpoints_on_the_file_level_path_alone(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+) -> None:
+    _force_fit(monkeypatch)
+    monkeypatch.setattr(
+        importlib.import_module("tokenadapt.transplant"), "PRIOR_AUTO_MAX_BYTES", 1
+    )  # every checkpoint is "big"
+    embedder = str(tiny_embedder_dir)
+    skipped = transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "auto", TransplantOptions(embedder=embedder))
+    assert skipped.model["io"] == "file-level" and skipped.prior is not None and not skipped.prior["applied"]
+    assert "--prior on to calibrate anyway" in skipped.prior["reason"] and "prior" not in skipped.timings
+    assert "Prior calibration: not applied: it needs the whole model in memory" in skipped.to_markdown()
+    forced = transplant(
+        tied_model_dir, new_tokenizer_dir, tmp_path / "on", TransplantOptions(embedder=embedder, prior="on")
+    )
+    loaded = transplant(
+        tied_model_dir,
+        new_tokenizer_dir,
+        tmp_path / "in-memory",
+        TransplantOptions(embedder=embedder, checkpoint_io="in-memory"),
+    )
+    for result in (forced, loaded):  # asked for, or the model is in memory anyway
+        assert result.prior is not None and result.prior["applied"]
 
 
 def test_prior_is_on_by_default_for_hybrid_only(

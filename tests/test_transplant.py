@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tokenadapt.errors import InputError
 from tokenadapt.options import TransplantOptions
 from tokenadapt.transplant import REPORT_NAME, transplant
 from tokenadapt.vocab import Assignment, align_vocabularies, build_vocabulary
@@ -179,3 +180,13 @@ def test_a_second_run_reuses_cached_embeddings_and_neighbours(
     neighbour_files[0].write_bytes(b"garbage")  # a corrupt entry is recomputed, with the same result
     transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "c", options(tiny_embedder_dir))
     assert weights_digest(tmp_path / "c") == weights_digest(tmp_path / "a")
+
+
+def test_the_package_function_stays_callable_after_its_module_is_imported(tmp_path: Path) -> None:
+    import tokenadapt
+    import tokenadapt.transplant as module  # rebinds the package attribute to the module
+
+    assert tokenadapt.transplant is module or tokenadapt.transplant is module.transplant
+    with pytest.raises(InputError, match="no-such-model"):  # the call reaches the real function
+        tokenadapt.transplant(tmp_path / "no-such-model", "gpt2", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

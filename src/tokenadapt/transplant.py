@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import logging
 import re
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,9 @@ from tokenadapt.zoo.cache import cache_path, read_checked_array, write_checked_a
 
 log = logging.getLogger("tokenadapt")
 REPORT_NAME = "transplant_report.json"
+# `--prior auto` on the file-level path loads the model only up to this many bytes of weights: the path exists so
+# that big checkpoints need memory for their embeddings alone
+PRIOR_AUTO_MAX_BYTES = 4 << 30
 
 
 @dataclass
@@ -160,11 +165,23 @@ def transplant(
     log.info("aligned %d -> %d tokens: %s", old_vocab.size, new_vocab.size, alignment.counts())
     inputs = _method_inputs(spec, old_vocab, new_vocab, alignment, old_rows, options, timings, progress)
     prior_plan: PriorPlan | None = None
+    prior_report: dict[str, Any] | None = None
     if options.prior_active and inputs.count:
-        with timings.stage("prior"):
-            prior_plan = calibrate_prior(
-                lm, resolved_model.path, old_tokenizer, new_vocab, alignment, inputs, spec, options, progress
-            )
+        if plan is not None and options.prior == "auto" and plan.total_bytes > PRIOR_AUTO_MAX_BYTES:
+            prior_report = {
+                "applied": False,
+                "reason": (
+                    f"it needs the whole model in memory ({plan.total_bytes / 2**30:.1f} GiB of weights) and "
+                    f"--prior auto loads at most {PRIOR_AUTO_MAX_BYTES / 2**30:.0f} GiB on the file-level path; "
+                    "pass --prior on to calibrate anyway"
+                ),
+            }
+        else:
+            with timings.stage("prior"):
+                prior_plan = calibrate_prior(
+                    lm, resolved_model.path, old_tokenizer, new_vocab, alignment, inputs, spec, options, progress
+                )
+            prior_report = prior_plan.report
     rows = padded_rows(new_vocab.size, options.pad_to_multiple_of)
     chat = decide_chat_template(old_tokenizer, new_tokenizer, old_vocab, new_vocab)
     ids = special_ids(new_tokenizer)
@@ -234,7 +251,7 @@ def transplant(
             versions=versions(),
             warnings=warnings,
             command=command,
-            prior=prior_plan.report if prior_plan is not None else None,
+            prior=prior_report,
         )
         if options.verify:
             log.info("verifying the written directory")
@@ -390,9 +407,9 @@ def prior_summary(report: dict[str, Any] | None) -> str:
     """One line on what prior calibration did, for the Markdown summary and the model card."""
     if report is None:
         return "off"
-    fit = report["fit"]
     if not report.get("applied"):
         return f"not applied: {report['reason']}"
+    fit = report["fit"]
     return (
         f"estimated rows' mean logits moved {report['weight']:g} of the way to what the new tokenizer's frequency "
         f"order predicts (fit on {report['shared_tokens']} shared tokens, r = {fit['r']:.2f}; mean shift "
@@ -665,3 +682,18 @@ def model_card(result: TransplantResult) -> str:
         "Zero-shot transplants lose some quality; see transplant_report.json for every figure and "
         "`tokenadapt eval` to measure it on your text.\n"
     )
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its main function.
+
+    The package exports the function `transplant` under the same name as this module, and importing the module
+    (`from tokenadapt.transplant import TransplantResult`) rebinds `tokenadapt.transplant` to the module: without
+    this, `tokenadapt.transplant(...)` would then raise "'module' object is not callable".
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TransplantResult:
+        return transplant(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
