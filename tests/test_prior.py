@@ -24,7 +24,7 @@ from tokenadapt.prior import (
     plan_prior,
     sample_hidden_states,
 )
-from tokenadapt.transplant import REPORT_NAME, transplant
+from tokenadapt.transplant import REPORT_NAME, TransplantResult, transplant
 from tokenadapt.vocab import align_vocabularies, build_vocabulary
 
 
@@ -169,7 +169,7 @@ def test_transplant_shifts_the_head_rows_along_the_models_own_direction(
     assert json.loads((tmp_path / "on" / REPORT_NAME).read_text())["prior"]["applied"] is True
 
 
-def test_file_level_and_in_memory_paths_calibrate_alike(
+def test_both_checkpoint_paths_calibrate_alike_and_auto_spares_big_checkpoints(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     tied_model_dir: Path,
@@ -177,41 +177,26 @@ def test_file_level_and_in_memory_paths_calibrate_alike(
     tiny_embedder_dir: Path,
 ) -> None:
     _force_fit(monkeypatch)
+    embedder = str(tiny_embedder_dir)
+
+    def run(name: str, **overrides: object) -> TransplantResult:
+        options = TransplantOptions(embedder=embedder, **overrides)  # type: ignore[arg-type]
+        return transplant(tied_model_dir, new_tokenizer_dir, tmp_path / name, options)
+
     weights = {}
     for io in ("file-level", "in-memory"):
-        options = TransplantOptions(embedder=str(tiny_embedder_dir), checkpoint_io=io, prior="on")
-        result = transplant(tied_model_dir, new_tokenizer_dir, tmp_path / io, options)
+        result = run(io, checkpoint_io=io)
         assert result.model["io"] == io and result.prior is not None and result.prior["applied"]
         weights[io] = AutoModelForCausalLM.from_pretrained(tmp_path / io).get_input_embeddings().weight
     assert torch.equal(weights["file-level"], weights["in-memory"])
 
-
-def test_auto_leaves_big_checkpoints_on_the_file_level_path_alone(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tied_model_dir: Path,
-    new_tokenizer_dir: Path,
-    tiny_embedder_dir: Path,
-) -> None:
-    _force_fit(monkeypatch)
-    monkeypatch.setattr(
-        importlib.import_module("tokenadapt.transplant"), "PRIOR_AUTO_MAX_BYTES", 1
-    )  # every checkpoint is "big"
-    embedder = str(tiny_embedder_dir)
-    skipped = transplant(tied_model_dir, new_tokenizer_dir, tmp_path / "auto", TransplantOptions(embedder=embedder))
+    # every checkpoint is "big" now: auto spares the file-level path's memory, and says so
+    monkeypatch.setattr(importlib.import_module("tokenadapt.transplant"), "PRIOR_AUTO_MAX_BYTES", 1)
+    skipped = run("auto")
     assert skipped.model["io"] == "file-level" and skipped.prior is not None and not skipped.prior["applied"]
     assert "--prior on to calibrate anyway" in skipped.prior["reason"] and "prior" not in skipped.timings
     assert "Prior calibration: not applied: it needs the whole model in memory" in skipped.to_markdown()
-    forced = transplant(
-        tied_model_dir, new_tokenizer_dir, tmp_path / "on", TransplantOptions(embedder=embedder, prior="on")
-    )
-    loaded = transplant(
-        tied_model_dir,
-        new_tokenizer_dir,
-        tmp_path / "in-memory",
-        TransplantOptions(embedder=embedder, checkpoint_io="in-memory"),
-    )
-    for result in (forced, loaded):  # asked for, or the model is in memory anyway
+    for result in (run("on", prior="on"), run("loaded", checkpoint_io="in-memory")):  # asked for, or in memory
         assert result.prior is not None and result.prior["applied"]
 
 
