@@ -19,8 +19,8 @@ How, without text:
 
 The shift is one scalar per row times one direction, so it applies to any column block of the estimate:
 
-    >>> plan = plan_prior(old_head, statistics, prior_of_estimates, ranks_new, shared_old, shared_ranks, 0.5)
-    >>> rows[:, a:b] += plan.shift[:, None] * plan.direction[None, a:b]
+    >>> plan = plan_prior(statistics, estimated_priors, estimated_ranks, shared_priors, shared_ranks, 0.5)
+    >>> rows[:, a:b] += plan.block(a, b)          # rows: the [U, d] estimates, any column block a:b
 """
 
 from __future__ import annotations
