@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from tests.conftest import CORPUS
 
 from tokenadapt.errors import InputError
 from tokenadapt.options import TransplantOptions
@@ -94,6 +97,40 @@ def test_estimated_rows_follow_the_method(
         old[real].mean(0).expand(len(estimated), -1),
         atol=1e-6,
     )
+
+
+def test_tokens_ending_in_whitespace_change_alone_and_are_counted(
+    tmp_path: Path, tied_model_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    # BPE without whitespace splitting learns tokens such as "the " and ":\n"
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    trained.decoder = decoders.ByteLevel()
+    trained.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=500, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    new_dir = tmp_path / "spans-whitespace"
+    PreTrainedTokenizerFast(tokenizer_object=trained, eos_token="<|endoftext|>").save_pretrained(str(new_dir))
+    runs = {}
+    for mode in ("drop", "keep"):
+        settings = options(tiny_embedder_dir, whitespace_tail=mode, prior="off")
+        runs[mode] = transplant(tied_model_dir, new_dir, tmp_path / mode, settings)
+    rows = {mode: AutoModelForCausalLM.from_pretrained(tmp_path / mode).get_input_embeddings().weight for mode in runs}
+
+    tok = AutoTokenizer.from_pretrained(new_dir)
+    old_vocab = build_vocabulary(AutoTokenizer.from_pretrained(tied_model_dir))
+    alignment = align_vocabularies(old_vocab, build_vocabulary(tok), rows["keep"].shape[0])
+    texts = {i: tok.decode([i]) for i in alignment.estimated_ids.tolist()}
+    tails = sorted(i for i, text in texts.items() if text.strip() and text != text.rstrip())
+    assert len(tails) >= 10 and runs["drop"].whitespace_tail_rows == len(tails)
+    assert runs["keep"].whitespace_tail_rows is None
+    changed = (rows["drop"] != rows["keep"]).any(dim=1).nonzero().flatten().tolist()
+    assert changed == tails
+    assert f"Whitespace tails: {len(tails)} tokens ending in whitespace" in runs["drop"].to_markdown()
+    assert f"Whitespace tails: {len(tails)} tokens" in (tmp_path / "drop" / "README.md").read_text()
 
 
 def test_same_inputs_give_byte_identical_weights(

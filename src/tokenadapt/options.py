@@ -102,6 +102,12 @@ class TransplantOptions:
         "hybrid)",
     )
     prior_weight: float = _opt(0.5, "prior calibration: share of the way to the predicted mean logit (0-1)")
+    whitespace_tail: str = _opt(
+        "auto",
+        "local estimate of a token that ends in whitespace (',\\n', ')\\n\\n'): 'drop' weighs only the pieces "
+        "before the whitespace, 'keep' weighs every piece (the paper's), 'auto' drops for hybrid and keeps for "
+        "the other methods, which stay as published",
+    )
     numbers: str = _opt(
         "off",
         "number tokens (digits, optional leading space): 'auto' mixes in a digit-based estimate (measured worse on "
@@ -135,6 +141,7 @@ class TransplantOptions:
             (self.numbers in ("auto", "off"), "--numbers must be 'auto' or 'off'"),
             (self.prior in ("auto", "on", "off"), "--prior must be 'auto', 'on' or 'off'"),
             (0.0 <= self.prior_weight <= 1.0, "--prior-weight must be between 0 and 1"),
+            (self.whitespace_tail in ("auto", "drop", "keep"), "--whitespace-tail must be 'auto', 'drop' or 'keep'"),
         ]
         raise_first_failure(checks)
         if self.prior == "on" and not get_method(self.method).column_separable:
@@ -166,6 +173,11 @@ class TransplantOptions:
     def prior_active(self) -> bool:
         """Whether the estimated rows get prior calibration (`--prior auto` means: for hybrid)."""
         return self.prior_weight > 0 and (self.prior == "on" or (self.prior == "auto" and self.method == "hybrid"))
+
+    @property
+    def drops_whitespace_tail(self) -> bool:
+        """Whether local estimates leave out trailing whitespace pieces (`--whitespace-tail auto`: for hybrid)."""
+        return self.whitespace_tail == "drop" or (self.whitespace_tail == "auto" and self.method == "hybrid")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -37,6 +37,7 @@ from tokenadapt.method_inputs import Context, extra_inputs
 from tokenadapt.methods import get_method, required_needs
 from tokenadapt.methods.base import MethodInputs, MethodSpec
 from tokenadapt.methods.combine import candidate_mean
+from tokenadapt.methods.local import whitespace_tail
 from tokenadapt.methods.numbers import apply_numbers
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
@@ -84,6 +85,7 @@ class TransplantResult:
     warnings: list[str] = field(default_factory=list)
     command: str | None = None
     prior: dict[str, Any] | None = None
+    whitespace_tail_rows: int | None = None  # None: --whitespace-tail keep (or a method without local estimates)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,6 +105,7 @@ class TransplantResult:
             lines.append(f"{matrix} rows by path: " + ", ".join(f"{k} {v}" for k, v in paths.items() if v))
         lines.append(f"Chat template: {self.chat_template['status']}" + _missing_note(self.chat_template))
         lines.append(f"Prior calibration: {prior_summary(self.prior)}.")
+        lines.append(f"Whitespace tails: {whitespace_tail_summary(self.whitespace_tail_rows)}.")
         files = self.model.get("files")
         lines.append(
             f"Checkpoint: {self.model.get('io_note', self.model.get('io'))}"
@@ -252,6 +255,7 @@ def transplant(
             warnings=warnings,
             command=command,
             prior=prior_report,
+            whitespace_tail_rows=_whitespace_tail_rows(inputs, spec),
         )
         if options.verify:
             log.info("verifying the written directory")
@@ -417,6 +421,23 @@ def prior_summary(report: dict[str, Any] | None) -> str:
     )
 
 
+def whitespace_tail_summary(rows: int | None) -> str:
+    """One line on `--whitespace-tail`, for the Markdown summary and the model card."""
+    if rows is None:
+        return "not dropped"
+    return f"{rows} tokens ending in whitespace took their local estimate from the pieces before it"
+
+
+def _whitespace_tail_rows(inputs: MethodInputs, spec: MethodSpec) -> int | None:
+    """How many rows' local estimates left out a whitespace tail; None where no local estimate drops one."""
+    uses_local = {"decomposition", "aux"} <= required_needs(spec, inputs.options.fallback)
+    if not (uses_local and inputs.options.drops_whitespace_tail) or inputs.decomposition is None:
+        return None
+    assert inputs.old_whitespace is not None
+    pieces, mask = inputs.decomposition.pieces, inputs.decomposition.mask
+    return int(whitespace_tail(pieces, mask, inputs.old_whitespace).any(dim=1).sum())
+
+
 def padded_rows(size: int, multiple: int) -> int:
     """Rows for `size` ids rounded up to a multiple (padding rows are never emitted by the tokenizer)."""
     return -(-size // multiple) * multiple
@@ -438,6 +459,8 @@ def _method_inputs(
     old_candidates[real] = True
     old_lengths = torch.zeros(old_rows, dtype=torch.float32)
     old_lengths[real] = torch.tensor([float(len(old_vocab.canonical[i] or b"")) for i in real])
+    old_whitespace = torch.zeros(old_rows, dtype=torch.bool)
+    old_whitespace[real] = torch.tensor([not (old_vocab.canonical[i] or b"x").strip() for i in real])
     new_lengths = torch.tensor([float(len(new_vocab.canonical[i] or b"")) for i in new_ids.tolist()])
     fields: dict[str, Any] = {}
     needs = required_needs(spec, options.fallback)  # a method that falls back also needs its fallback's inputs
@@ -475,6 +498,7 @@ def _method_inputs(
         old_candidates=old_candidates,
         new_byte_lengths=new_lengths,
         old_byte_lengths=old_lengths,
+        old_whitespace=old_whitespace,
         options=options,
         **fields,
     )
@@ -679,6 +703,7 @@ def model_card(result: TransplantResult) -> str:
         f"{counts}\n\n"
         f"Chat template: {result.chat_template['status']}{_missing_note(result.chat_template)}.\n\n"
         f"Prior calibration: {prior_summary(result.prior)}.\n\n"
+        f"Whitespace tails: {whitespace_tail_summary(result.whitespace_tail_rows)}.\n\n"
         "Zero-shot transplants lose some quality; see transplant_report.json for every figure and "
         "`tokenadapt eval` to measure it on your text.\n"
     )

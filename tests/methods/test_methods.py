@@ -14,6 +14,7 @@ import torch
 from tokenadapt.methods import METHODS, get_method
 from tokenadapt.methods.base import MethodInputs, SparseCombination
 from tokenadapt.methods.combine import masked_softmax, sparse_matrix
+from tokenadapt.methods.local import whitespace_tail
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.vocab.decompose import Decomposition
@@ -66,6 +67,48 @@ def test_local_matches_the_worked_example() -> None:
     assert torch.allclose(estimate.rows[0], w[0] * OLD[0] + w[1] * OLD[1], atol=1e-6)
     assert torch.allclose(estimate.rows[1], CANDIDATE_MEAN)  # unspellable -> mean of real old rows
     assert estimate.paths == {"local": 1, "fallback-mean": 1}
+
+
+def test_whitespace_tail_marks_only_trailing_whitespace_after_text() -> None:
+    whitespace = torch.tensor([False, True, True, False])  # old tokens 1 and 2 are whitespace ("\n", " ")
+    pieces = torch.tensor([[0, 1, 2], [1, 0, 0], [1, 2, 0], [0, 1, 3], [0, 1, 0], [3, 0, 0]])
+    mask = torch.tensor(
+        [[True] * 3, [True, True, False], [True, True, False], [True] * 3, [True, True, False], [True, False, False]]
+    )
+    expected = torch.tensor(
+        [
+            [False, True, True],  # "x\n " -> both trailing pieces
+            [False, False, False],  # "\nx": leading whitespace stays
+            [False, False, False],  # "\n ": all whitespace, nothing left to weigh otherwise
+            [False, False, False],  # "x\ny": inner whitespace stays
+            [False, True, False],  # "x\n" with a padded slot
+            [False, False, False],  # one piece
+        ]
+    )
+    assert torch.equal(whitespace_tail(pieces, mask, whitespace), expected)
+
+
+@pytest.mark.parametrize(
+    "options, dropped",
+    [
+        (TransplantOptions(whitespace_tail="drop", method="local"), True),
+        (TransplantOptions(), True),  # auto, hybrid
+        (TransplantOptions(method="local"), False),  # auto keeps the published local estimate
+        (TransplantOptions(whitespace_tail="keep"), False),
+    ],
+)
+def test_local_weighs_only_the_head_of_a_token_ending_in_whitespace(options: TransplantOptions, dropped: bool) -> None:
+    # token 0 = old pieces (0, 1); make old token 1 whitespace, so token 0 reads like ",\n"
+    inputs = MethodInputs(
+        **{**make_inputs(options).__dict__, "old_whitespace": torch.tensor([False, True, False, False])}
+    )
+    local = get_method("local").fn(OLD, inputs).rows
+    paper = get_method("local").fn(OLD, make_inputs(TransplantOptions(whitespace_tail="keep"))).rows
+    assert torch.allclose(local[0], OLD[0] if dropped else paper[0], atol=1e-6)
+    assert torch.allclose(local[1], CANDIDATE_MEAN)
+    hybrid = get_method("hybrid").fn(OLD, inputs).rows[0]
+    global_ = get_method("global").fn(OLD, inputs).rows[0]
+    assert torch.allclose(hybrid, 0.7 * local[0] + 0.3 * global_, atol=1e-6)
 
 
 def test_global_matches_the_worked_example() -> None:
@@ -184,3 +227,10 @@ def test_top_k_with_duplicate_keys_and_queries_equals_brute_force_similarities()
     assert all(len(set(row.tolist())) == 3 for row in found.indices)  # no id twice
     assert mask[found.indices].all()
     assert found.indices[2, :2].tolist() == [4, 6]  # both ids of the best key (5 is masked), lowest id first
+
+
+def test_a_bad_whitespace_tail_mode_is_a_clear_error() -> None:
+    from tokenadapt.errors import InputError
+
+    with pytest.raises(InputError, match="--whitespace-tail must be 'auto', 'drop' or 'keep'"):
+        TransplantOptions(whitespace_tail="sometimes").validated()

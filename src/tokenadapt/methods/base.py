@@ -59,6 +59,7 @@ class MethodInputs:
     - `new_ids` [U]: the new-vocabulary ids being estimated (for reports).
     - `old_candidates` [V] bool: old rows that are real, non-special tokens; means and neighbours use only these.
     - `new_byte_lengths` [U], `old_byte_lengths` [V] float: bytes each token stands for.
+    - `old_whitespace` [V] bool: the old token stands for whitespace only (None: unknown, nothing is dropped).
     - `decomposition`: old pieces of each new token (needs "decomposition").
     - `aux_new` [U, a], `aux_new_ok` [U], `aux_old` [V, a], `aux_old_ok` [V]: L2-normalised auxiliary embeddings
       (needs "aux").
@@ -77,6 +78,7 @@ class MethodInputs:
     new_byte_lengths: torch.Tensor
     old_byte_lengths: torch.Tensor
     options: TransplantOptions
+    old_whitespace: torch.Tensor | None = None
     decomposition: Decomposition | None = None
     aux_new: torch.Tensor | None = None
     aux_new_ok: torch.Tensor | None = None

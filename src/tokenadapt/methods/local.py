@@ -11,6 +11,13 @@ Worked example, T = 0.3: pieces " trans" (6 bytes) and "plant" (5 bytes) of " tr
 cosines 0.6 and 0.5 -> w_sem = (0.525, 0.475), len = (0.545, 0.455), mean (0.535, 0.465) -> w = (0.559, 0.441).
 Pieces without text (partial UTF-8, whitespace) get cosine 0. Tokens the old vocabulary cannot spell fall back to
 the mean of the old rows.
+
+Whitespace tails (`--whitespace-tail drop`, the hybrid's default): a token such as ",\n" or ")\n\n" takes its
+local estimate from the pieces before its trailing whitespace alone (the final softmax runs over those; w_sem and
+len are unchanged). The old model never predicted "," and "\n" in one step: the row's logit should follow ","'s
+and add a prior for the newline, which prior calibration supplies, while averaging in the newline's row pulls the
+logit towards contexts where a newline comes first. Measured on SmolLM2 -> Qwen2 (20 KB test split): code 1.784x
+-> 1.764x, German 1.539x -> 1.535x, Python docs 1.348x -> 1.344x, English wiki level.
 """
 
 from __future__ import annotations
@@ -41,13 +48,31 @@ def piece_cosines(inputs: MethodInputs, chunk_size: int = 1 << 16) -> torch.Tens
     return cos
 
 
+def whitespace_tail(pieces: torch.Tensor, mask: torch.Tensor, whitespace: torch.Tensor) -> torch.Tensor:
+    """[U, L] bool: the pieces that make up a trailing run of whitespace after at least one other piece.
+
+    `pieces`, `mask` [U, L] as in `Decomposition`; `whitespace` [V] bool per old token. Leading or inner
+    whitespace and all-whitespace tokens are never marked.
+
+        pieces ("," "\n" "\n") -> (False, True, True);  ("\n" "x") -> (False, False);  ("\n" "\n") -> (False, False)
+    """
+    blank = whitespace[pieces] & mask
+    text_at_or_after = torch.flip(torch.cumsum(torch.flip((mask & ~blank).int(), [1]), 1), [1])
+    tail = mask & (text_at_or_after == 0)
+    has_head = (mask & ~tail).any(dim=1, keepdim=True)
+    return tail & has_head
+
+
 def local_weights(inputs: MethodInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(piece indices [U, L], weights [U, L] summing to 1 per spelled row, spelled [U] bool)."""
     assert inputs.decomposition is not None
     pieces, mask = inputs.decomposition.pieces, inputs.decomposition.mask
     w_sem = masked_softmax(piece_cosines(inputs), mask)
     length_share = inputs.old_byte_lengths[pieces] / inputs.new_byte_lengths.clamp(min=1)[:, None]
-    weights = masked_softmax((w_sem + length_share) / 2 / inputs.options.temperature, mask)
+    weighed = mask
+    if inputs.options.drops_whitespace_tail and inputs.old_whitespace is not None:
+        weighed = mask & ~whitespace_tail(pieces, mask, inputs.old_whitespace)
+    weights = masked_softmax((w_sem + length_share) / 2 / inputs.options.temperature, weighed)
     return pieces, weights, mask.any(dim=1)
 
 
