@@ -13,7 +13,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from tests.conftest import CORPUS
-
 from tokenadapt.errors import InputError
 from tokenadapt.options import TransplantOptions
 from tokenadapt.transplant import REPORT_NAME, transplant
