@@ -460,7 +460,7 @@ def _method_inputs(
     old_lengths = torch.zeros(old_rows, dtype=torch.float32)
     old_lengths[real] = torch.tensor([float(len(old_vocab.canonical[i] or b"")) for i in real])
     old_whitespace = torch.zeros(old_rows, dtype=torch.bool)
-    old_whitespace[real] = torch.tensor([not (old_vocab.canonical[i] or b"x").strip() for i in real])
+    old_whitespace[real] = torch.tensor([not (old_vocab.canonical[i] or b"x").strip() for i in real], dtype=torch.bool)
     new_lengths = torch.tensor([float(len(new_vocab.canonical[i] or b"")) for i in new_ids.tolist()])
     fields: dict[str, Any] = {}
     needs = required_needs(spec, options.fallback)  # a method that falls back also needs its fallback's inputs
