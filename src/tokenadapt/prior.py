@@ -26,7 +26,6 @@ The shift is one scalar per row times one direction, so it applies to any column
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,14 +165,10 @@ def frequency_ranks(vocab: Vocabulary) -> np.ndarray:
     stored in the order they were learned, so the id is the rank.
     """
     ranks = np.arange(vocab.size, dtype=np.int64)
-    try:
-        model = json.loads(vocab.backend.to_str()).get("model", {})
-    except (ValueError, AttributeError):
-        return ranks
-    if model.get("type") == "Unigram" and isinstance(model.get("vocab"), list):
+    if vocab.unigram_scores is not None:
         scores = np.full(vocab.size, -np.inf)
-        for token_id, entry in enumerate(model["vocab"][: vocab.size]):
-            scores[token_id] = float(entry[1])
+        known = vocab.unigram_scores[: vocab.size]
+        scores[: len(known)] = known
         order = np.argsort(-scores, kind="stable")
         ranks[order] = np.arange(vocab.size)
     return ranks

@@ -132,6 +132,7 @@ class Vocabulary:
 
     `tokens[i]` is the vocabulary string of id i (None for an id no token uses), `canonical[i]` its bytes (None for
     special tokens and holes), `roles` maps a role name ("bos", "eos", "turn_end", ...) to the special ids that play it.
+    `unigram_scores` are a unigram model's log-probabilities in id order (None for BPE and WordPiece).
     """
 
     tokens: tuple[str | None, ...]
@@ -142,6 +143,7 @@ class Vocabulary:
     backend: BackendTokenizer = field(repr=False, compare=False)
     unk_id: int | None = None
     continuation_prefix: str = "##"
+    unigram_scores: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -303,6 +305,7 @@ def build_vocabulary(tokenizer: Any) -> Vocabulary:
             canonical.append(canonical_bytes(token, family, continuation_prefix))
 
     unk = getattr(tokenizer, "unk_token_id", None)
+    unigram = model.get("type") == "Unigram" and isinstance(model.get("vocab"), list)
     return Vocabulary(
         tokens=tuple(tokens),
         canonical=tuple(canonical),
@@ -312,4 +315,5 @@ def build_vocabulary(tokenizer: Any) -> Vocabulary:
         backend=backend,
         unk_id=unk if isinstance(unk, int) else None,
         continuation_prefix=continuation_prefix,
+        unigram_scores=tuple(float(entry[1]) for entry in model["vocab"]) if unigram else None,
     )
