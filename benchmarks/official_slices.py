@@ -8,8 +8,9 @@ and each given model on them, and prints the original's bits per byte beside the
 slices are) and each model's ratio beside the official hybrid's.
 
 The Python docs slice is the tutorial's pages in name order. anchors.md gives the official slice's tokens per byte,
-0.236 with SmolLM2's tokenizer and 0.219 with Qwen2's: the tutorial gives exactly those (0.236, 0.219) and the
-original scores 0.936 bits per byte on it (official 0.941). The whole docs in name order start with the C API
+0.236 with SmolLM2's tokenizer and 0.219 with Qwen2's. Two candidates give exactly those (`pydocs_slices.py`): the
+tutorial, on which the original scores 0.936 bits per byte (official 0.941), and a run of library pages, on which
+it scores 0.887. The whole docs in name order start with the C API
 reference instead (0.259, 0.238; 1.009 bits per byte), a different text.
 
     python benchmarks/official_slices.py ~/.cache/tokenadapt/bench-work/heal/smollm2-qwen2-hybrid
