@@ -31,7 +31,7 @@ def main() -> None:
 
     print(f"official slice: {OFFICIAL}")
     print(f"whole docs in name order: {rates([d for _, d in pages])}")
-    for folder in sorted({i.split('/')[0] for i, _ in pages if "/" in i}):
+    for folder in sorted({i.split("/")[0] for i, _ in pages if "/" in i}):
         print(f"{folder}/: {rates([d for i, d in pages if i.startswith(folder + '/')])}")
     for start, (page, _) in enumerate(pages):
         found = rates([d for _, d in pages[start : start + 40]])
