@@ -226,3 +226,32 @@ def test_the_package_function_stays_callable_after_its_module_is_imported(tmp_pa
     with pytest.raises(InputError, match="no-such-model"):  # the call reaches the real function
         tokenadapt.transplant(tmp_path / "no-such-model", "gpt2", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_neighbour_form_changes_only_global_neighbours_and_auto_leaves_other_methods_alone(
+    tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
+) -> None:
+    runs = {
+        name: transplant(tied_model_dir, new_tokenizer_dir, tmp_path / name, options(tiny_embedder_dir, **settings))
+        for name, settings in {
+            "global-auto": {"method": "global"},
+            "global-ignore": {"method": "global", "neighbor_form": "ignore"},
+            "global-match": {"method": "global", "neighbor_form": "match", "neighbor_form_bonus": 0.5},
+            "local-match": {"method": "local", "neighbor_form": "match"},
+            "local-ignore": {"method": "local", "neighbor_form": "ignore"},
+        }.items()
+    }
+    assert weights_digest(tmp_path / "global-auto") == weights_digest(tmp_path / "global-ignore")
+    assert weights_digest(tmp_path / "local-match") == weights_digest(tmp_path / "local-ignore")  # no neighbours
+    assert weights_digest(tmp_path / "global-match") != weights_digest(tmp_path / "global-ignore")  # not cached over
+    report = json.loads((tmp_path / "global-match" / "transplant_report.json").read_text())
+    assert report["options"]["neighbor_form"] == "match" and report["options"]["neighbor_form_bonus"] == 0.5
+    assert runs["global-match"].counts == runs["global-ignore"].counts
+    forms = {name: runs[name].neighbor_form for name in ("global-match", "global-ignore")}
+    assert forms["global-match"] is not None and forms["global-ignore"] is not None
+    assert forms["global-match"]["bonus"] == 0.5 and forms["global-ignore"]["bonus"] == 0.0
+    assert forms["global-match"]["same_word_start"] > forms["global-ignore"]["same_word_start"]
+    assert runs["local-match"].neighbor_form is None  # local has no global neighbours
+    line = f"Neighbour form: matched (+0.5 per shared form); {forms['global-match']['same_word_start']:.0%}"
+    assert line in runs["global-match"].to_markdown()
+    assert line in (tmp_path / "global-match" / "README.md").read_text()

@@ -29,14 +29,40 @@ def top_k_neighbors(
     k: int,
     chunk_size: int = 4096,
     progress: bool = False,
+    query_forms: torch.Tensor | None = None,
+    key_forms: torch.Tensor | None = None,
+    form_bonus: float = 0.0,
 ) -> Neighbors:
     """Exact top-k over the keys where `key_mask` is True; inputs are L2-normalised [U, a] and [V, a].
+
+    With `form_bonus` b > 0 and form features [U, f], [V, f] (`vocab.forms`), keys are ranked by
+    cos + b x (forms they share with the query), found exactly by one search over the vectors extended by
+    sqrt(b) x forms; the similarities returned are still the plain cosines. A query whose forms are all zero is
+    ranked exactly as without them.
 
     Identical vectors are searched once: an uncased embedder gives " The", "the" and "THE" one vector, which cuts
     a vocabulary search by a third or more. Identical queries get identical answers; a key shared by several ids
     expands back into those ids (lowest id first), so the result equals a brute-force search up to the order of
     equal similarities. Fewer than k eligible keys: the missing slots get similarity -inf (callers mask them out).
     """
+    if form_bonus > 0 and query_forms is not None and key_forms is not None:
+        asks = query_forms.any(dim=1)  # a query with no form keeps the plain ranking, ties to the lowest id
+        plain = top_k_neighbors(queries[~asks], keys, key_mask, k, chunk_size, progress)
+        scale = form_bonus**0.5
+        formed = top_k_neighbors(
+            torch.cat([queries[asks], scale * query_forms[asks]], dim=1),
+            torch.cat([keys, scale * key_forms], dim=1),
+            key_mask,
+            k,
+            chunk_size,
+            progress,
+        )
+        shared = (query_forms[asks][:, None, :] * key_forms[formed.indices]).sum(dim=2)
+        indices = torch.zeros((queries.shape[0], k), dtype=torch.long)
+        sims = torch.full((queries.shape[0], k), float("-inf"))
+        indices[~asks], sims[~asks] = plain.indices, plain.similarities
+        indices[asks], sims[asks] = formed.indices, formed.similarities - form_bonus * shared
+        return Neighbors(indices, sims)
     eligible = key_mask.nonzero().squeeze(1)
     indices = torch.zeros((queries.shape[0], k), dtype=torch.long)
     sims = torch.full((queries.shape[0], k), float("-inf"))

@@ -108,6 +108,15 @@ class TransplantOptions:
         "before the whitespace, 'keep' weighs every piece (the paper's), 'auto' drops for hybrid and keeps for "
         "the other methods, which stay as published",
     )
+    neighbor_form: str = _opt(
+        "auto",
+        "global neighbours of a new token: 'match' prefers old tokens of its own word start (leading space) and "
+        "letter case, which the uncased auxiliary embedder cannot see; 'ignore' ranks by similarity alone (the "
+        "paper's); 'auto' matches for hybrid and ignores for the other methods, which stay as published",
+    )
+    neighbor_form_bonus: float = _opt(
+        0.1, "--neighbor-form match: similarity added per form (word start, case) a neighbour shares (0-1)"
+    )
     numbers: str = _opt(
         "off",
         "number tokens (digits, optional leading space): 'auto' mixes in a digit-based estimate (measured worse on "
@@ -142,6 +151,8 @@ class TransplantOptions:
             (self.prior in ("auto", "on", "off"), "--prior must be 'auto', 'on' or 'off'"),
             (0.0 <= self.prior_weight <= 1.0, "--prior-weight must be between 0 and 1"),
             (self.whitespace_tail in ("auto", "drop", "keep"), "--whitespace-tail must be 'auto', 'drop' or 'keep'"),
+            (self.neighbor_form in ("auto", "match", "ignore"), "--neighbor-form must be 'auto', 'match' or 'ignore'"),
+            (0.0 <= self.neighbor_form_bonus <= 1.0, "--neighbor-form-bonus must be between 0 and 1"),
         ]
         raise_first_failure(checks)
         if self.prior == "on" and not get_method(self.method).column_separable:
@@ -178,6 +189,12 @@ class TransplantOptions:
     def drops_whitespace_tail(self) -> bool:
         """Whether local estimates leave out trailing whitespace pieces (`--whitespace-tail auto`: for hybrid)."""
         return self.whitespace_tail == "drop" or (self.whitespace_tail == "auto" and self.method == "hybrid")
+
+    @property
+    def neighbor_form_bonus_active(self) -> float:
+        """The form bonus the neighbour search uses: 0 unless `--neighbor-form` matches (auto: for hybrid)."""
+        matches = self.neighbor_form == "match" or (self.neighbor_form == "auto" and self.method == "hybrid")
+        return self.neighbor_form_bonus if matches else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

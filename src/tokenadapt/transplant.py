@@ -55,6 +55,7 @@ from tokenadapt.vocab import (
     build_vocabulary,
 )
 from tokenadapt.vocab.decompose import decompose
+from tokenadapt.vocab.forms import FORM_FEATURES, token_forms
 from tokenadapt.zoo import resolve_embedder, resolve_model
 from tokenadapt.zoo.cache import cache_path, read_checked_array, write_checked_array
 
@@ -86,6 +87,7 @@ class TransplantResult:
     command: str | None = None
     prior: dict[str, Any] | None = None
     whitespace_tail_rows: int | None = None  # None: --whitespace-tail keep (or a method without local estimates)
+    neighbor_form: dict[str, Any] | None = None  # None: a method without global neighbours
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,6 +108,8 @@ class TransplantResult:
         lines.append(f"Chat template: {self.chat_template['status']}" + _missing_note(self.chat_template))
         lines.append(f"Prior calibration: {prior_summary(self.prior)}.")
         lines.append(f"Whitespace tails: {whitespace_tail_summary(self.whitespace_tail_rows)}.")
+        if self.neighbor_form is not None:
+            lines.append(f"Neighbour form: {neighbor_form_summary(self.neighbor_form)}.")
         files = self.model.get("files")
         lines.append(
             f"Checkpoint: {self.model.get('io_note', self.model.get('io'))}"
@@ -256,6 +260,7 @@ def transplant(
             command=command,
             prior=prior_report,
             whitespace_tail_rows=_whitespace_tail_rows(inputs, spec),
+            neighbor_form=_neighbor_form_report(inputs, old_vocab, new_vocab),
         )
         if options.verify:
             log.info("verifying the written directory")
@@ -428,6 +433,32 @@ def whitespace_tail_summary(rows: int | None) -> str:
     return f"{rows} tokens ending in whitespace took their local estimate from the pieces before it"
 
 
+def neighbor_form_summary(report: dict[str, Any]) -> str:
+    """One line on `--neighbor-form`, for the Markdown summary and the model card."""
+    how = f"matched (+{report['bonus']:g} per shared form)" if report["bonus"] else "ignored (the paper's search)"
+    return (
+        f"{how}; {report['same_word_start']:.0%} of the global neighbours share their token's word start, "
+        f"{report['same_case']:.0%} its case"
+    )
+
+
+def _neighbor_form_report(inputs: MethodInputs, old_vocab: Vocabulary, new_vocab: Vocabulary) -> dict[str, Any] | None:
+    """How often the global neighbours share their new token's word start and case; None without neighbours."""
+    if inputs.neighbors is None:
+        return None
+    wanted, offered = _neighbor_forms(old_vocab, new_vocab, inputs.new_ids, inputs.old_candidates.shape[0])
+    found = torch.isfinite(inputs.neighbors.similarities)
+    got = offered[inputs.neighbors.indices]  # [U, k, 4]
+    start = (wanted[:, None, :2] * got[..., :2]).sum(dim=2)
+    cased = wanted[:, None, 2:].sum(dim=2) > 0
+    case = (wanted[:, None, 2:] * got[..., 2:]).sum(dim=2)
+    return {
+        "bonus": inputs.options.neighbor_form_bonus_active,
+        "same_word_start": round(float(start[found].mean()) if found.any() else 0.0, 4),
+        "same_case": round(float(case[found & cased].mean()) if (found & cased).any() else 0.0, 4),
+    }
+
+
 def _whitespace_tail_rows(inputs: MethodInputs, spec: MethodSpec) -> int | None:
     """How many rows' local estimates left out a whitespace tail; None where no local estimate drops one."""
     uses_local = {"decomposition", "aux"} <= required_needs(spec, inputs.options.fallback)
@@ -487,9 +518,19 @@ def _method_inputs(
         )
         if "neighbors" in needs:
             with timings.stage("neighbors"):
-                cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}"
+                bonus = options.neighbor_form_bonus_active
+                cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}" + (f"|form {bonus!r}" if bonus else "")
+                forms = _neighbor_forms(old_vocab, new_vocab, new_ids, old_rows) if bonus else None
                 fields["neighbors"] = cached_neighbors(
-                    fields["aux_new"], aux_old, old_candidates & aux_old_ok, options.top_k, cache_key, new_ids, progress
+                    fields["aux_new"],
+                    aux_old,
+                    old_candidates & aux_old_ok,
+                    options.top_k,
+                    cache_key,
+                    new_ids,
+                    progress,
+                    forms,
+                    bonus,
                 )
     context = Context(old_vocab, new_vocab, alignment, new_ids, old_candidates, options, timings, progress)
     fields.update(extra_inputs(needs, context))  # text, FOCUS, donor and number-token inputs, with report notes
@@ -504,6 +545,16 @@ def _method_inputs(
     )
 
 
+def _neighbor_forms(
+    old_vocab: Vocabulary, new_vocab: Vocabulary, new_ids: np.ndarray, old_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query forms [U, 4] of the estimated tokens, key forms [old_rows, 4]) for the neighbour search."""
+    key_forms = torch.zeros((old_rows, FORM_FEATURES), dtype=torch.float32)
+    usable = min(old_rows, old_vocab.size)
+    key_forms[:usable] = token_forms(old_vocab.canonical[:usable])
+    return token_forms([new_vocab.canonical[i] for i in new_ids.tolist()]), key_forms
+
+
 def cached_neighbors(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -512,14 +563,22 @@ def cached_neighbors(
     cache_key: str,
     query_ids: np.ndarray,
     progress: bool = False,
+    forms: tuple[torch.Tensor, torch.Tensor] | None = None,
+    form_bonus: float = 0.0,
 ) -> Neighbors:
-    """`top_k_neighbors`, cached on disk: a re-run with the same vocabularies, embedder and k skips the search."""
+    """`top_k_neighbors`, cached on disk: a re-run with the same vocabularies, embedder and k skips the search.
+
+    `forms` (query [U, f], key [V, f]) and `form_bonus` rank neighbours of the query's own form first; the
+    cache key must then name the bonus."""
     digest = hashlib.sha256(cache_key.encode() + query_ids.tobytes() + eligible.numpy().tobytes()).hexdigest()[:32]
     ids_path, sims_path = (cache_path("neighbors", f"{digest}-{part}.npy") for part in ("ids", "sims"))
     ids, sims = read_checked_array(ids_path), read_checked_array(sims_path)
     if ids is not None and sims is not None and ids.shape == sims.shape == (queries.shape[0], k):
         return Neighbors(indices=torch.from_numpy(ids), similarities=torch.from_numpy(sims))
-    found = top_k_neighbors(queries, keys, eligible, k, progress=progress)
+    wanted, offered = forms if forms is not None else (None, None)
+    found = top_k_neighbors(
+        queries, keys, eligible, k, progress=progress, query_forms=wanted, key_forms=offered, form_bonus=form_bonus
+    )
     write_checked_array(ids_path, found.indices.numpy())
     write_checked_array(sims_path, found.similarities.numpy())
     return found
@@ -704,7 +763,8 @@ def model_card(result: TransplantResult) -> str:
         f"Chat template: {result.chat_template['status']}{_missing_note(result.chat_template)}.\n\n"
         f"Prior calibration: {prior_summary(result.prior)}.\n\n"
         f"Whitespace tails: {whitespace_tail_summary(result.whitespace_tail_rows)}.\n\n"
-        "Zero-shot transplants lose some quality; see transplant_report.json for every figure and "
+        + (f"Neighbour form: {neighbor_form_summary(result.neighbor_form)}.\n\n" if result.neighbor_form else "")
+        + "Zero-shot transplants lose some quality; see transplant_report.json for every figure and "
         "`tokenadapt eval` to measure it on your text.\n"
     )
 

@@ -18,6 +18,7 @@ from tokenadapt.methods.local import whitespace_tail
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.vocab.decompose import Decomposition
+from tokenadapt.vocab.forms import token_forms
 
 OLD = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [4.0, 4.0]])
 OLD_BYTES = torch.tensor([6.0, 5.0, 3.0, 1.0])
@@ -227,6 +228,71 @@ def test_top_k_with_duplicate_keys_and_queries_equals_brute_force_similarities()
     assert all(len(set(row.tolist())) == 3 for row in found.indices)  # no id twice
     assert mask[found.indices].all()
     assert found.indices[2, :2].tolist() == [4, 6]  # both ids of the best key (5 is masked), lowest id first
+
+
+@pytest.mark.parametrize("bonus", [0.0, 0.05, 0.3])
+def test_form_aware_neighbours_equal_brute_force_of_similarity_plus_bonus(bonus: float) -> None:
+    generator = torch.Generator().manual_seed(2)
+    base = torch.nn.functional.normalize(torch.randn(12, 6, generator=generator), dim=1)
+    keys = base[torch.arange(40) % 12]  # each vector four times, as an uncased embedder gives " The", "the", ...
+    key_forms = torch.nn.functional.one_hot(torch.arange(40) // 12 % 4, 4).float()
+    key_forms[::7] = 0.0  # tokens with no form
+    queries = torch.nn.functional.normalize(torch.randn(25, 6, generator=generator), dim=1)
+    wanted = torch.nn.functional.one_hot(torch.randint(0, 4, (25,), generator=generator), 4).float()
+    wanted[::5] = 0.0  # queries that ask for nothing rank by similarity alone
+    mask = torch.ones(40, dtype=torch.bool)
+    mask[3] = False
+    found = top_k_neighbors(queries, keys, mask, 3, query_forms=wanted, key_forms=key_forms, form_bonus=bonus)
+    cosine = queries @ keys.T
+    score = (cosine + bonus * wanted @ key_forms.T).masked_fill(~mask, float("-inf"))
+    expected = torch.topk(score, 3, dim=1).values
+    assert torch.allclose(score.gather(1, found.indices), expected, atol=1e-6)  # the best three by the bonus rule
+    assert torch.allclose(found.similarities, cosine.gather(1, found.indices), atol=1e-6)  # reported: plain cosines
+    plain = top_k_neighbors(queries, keys, mask, 3)
+    assert torch.equal(found.indices[::5], plain.indices[::5])  # no form asked: exactly the plain search
+    if bonus == 0.0:
+        assert torch.equal(found.indices, plain.indices)
+
+
+def test_identical_vectors_give_the_neighbour_of_the_query_form_first() -> None:
+    keys = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8]])  # "the", " the" (same vector), another token
+    key_forms = token_forms([b"the", b" the", b" a"])
+    query = torch.tensor([[1.0, 0.0]])
+    for text, first in ((b" them", 1), (b"them", 0)):
+        found = top_k_neighbors(
+            query,
+            keys,
+            torch.ones(3, dtype=torch.bool),
+            2,
+            query_forms=token_forms([text]),
+            key_forms=key_forms,
+            form_bonus=0.1,
+        )
+        assert found.indices[0].tolist() == [first, 1 - first]
+        assert found.similarities[0].tolist() == pytest.approx([1.0, 1.0])
+    unranked = top_k_neighbors(query, keys, torch.ones(3, dtype=torch.bool), 2)
+    assert unranked.indices[0].tolist() == [0, 1]  # without forms: lowest id first
+
+
+def test_neighbour_form_is_on_for_hybrid_alone_unless_asked() -> None:
+    assert TransplantOptions().neighbor_form_bonus_active == 0.1
+    assert TransplantOptions(method="global").neighbor_form_bonus_active == 0.0
+    assert TransplantOptions(method="global", neighbor_form="match").neighbor_form_bonus_active == 0.1
+    assert TransplantOptions(neighbor_form="ignore").neighbor_form_bonus_active == 0.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"neighbor_form": "sometimes"}, "--neighbor-form must be 'auto', 'match' or 'ignore'"),
+        ({"neighbor_form_bonus": 1.5}, "--neighbor-form-bonus must be between 0 and 1"),
+    ],
+)
+def test_a_bad_neighbour_form_setting_is_a_clear_error(settings: dict[str, object], message: str) -> None:
+    from tokenadapt.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        TransplantOptions(**settings).validated()  # type: ignore[arg-type]
 
 
 def test_a_bad_whitespace_tail_mode_is_a_clear_error() -> None:
