@@ -3,8 +3,9 @@
 For each (target tokenizer, method) it runs `tokenadapt transplant` in a fresh subprocess (so peak RSS is that run's
 own), then scores the original and every transplanted model with the one scoring implementation
 (`tokenadapt.evaluation`) on the same texts, and prints a Markdown table of bits per byte, the ratio to the
-original, and tokens per byte. The first `hybrid` run of each target clears the auxiliary-embedding cache, so it
-is the cold-cache time; a second `hybrid` run is the warm-cache time.
+original, and tokens per byte. The first `hybrid` run of each target clears the auxiliary-embedding and neighbour
+caches, so it is the cold-cache time; a second `hybrid` run is the warm-cache time. (Before 2026-11-27 only the
+embeddings were cleared, so the cold figures of earlier results reused the neighbour search.)
 
     python benchmarks/transplant_methods.py                                   # smollm2-135m -> llama3, qwen2
     python benchmarks/transplant_methods.py --targets qwen2 --methods hybrid mean --texts wiki-en
@@ -66,7 +67,8 @@ def main() -> None:
             out = args.work / f"{args.model}-{Path(target).name}-{method}"
             runs = {}
             if method == "hybrid":
-                shutil.rmtree(cache_path("embeddings"), ignore_errors=True)
+                for cache in ("embeddings", "neighbors"):
+                    shutil.rmtree(cache_path(cache), ignore_errors=True)
                 runs["cold"] = run_transplant(args.model, target, method, out, args.extra)
             runs["warm"] = run_transplant(args.model, target, method, out, args.extra)
             scores = score_model(out, args.texts)

@@ -254,6 +254,24 @@ def test_form_aware_neighbours_equal_brute_force_of_similarity_plus_bonus(bonus:
         assert torch.equal(found.indices, plain.indices)
 
 
+def test_form_aware_search_in_small_chunks_equals_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tokenadapt.neighbors as neighbors
+
+    monkeypatch.setattr(neighbors, "SCORE_BLOCK", 1)  # 64 queries per chunk: many chunks of every kind
+    generator = torch.Generator().manual_seed(3)
+    base = torch.nn.functional.normalize(torch.randn(50, 5, generator=generator), dim=1)
+    keys = base[torch.randint(0, 50, (120,), generator=generator)]
+    key_forms = torch.nn.functional.one_hot(torch.randint(0, 4, (120,), generator=generator), 4).float()
+    queries = torch.nn.functional.normalize(torch.randn(300, 5, generator=generator), dim=1)
+    wanted = torch.nn.functional.one_hot(torch.randint(0, 5, (300,), generator=generator), 5).float()[:, :4]
+    mask = torch.rand(120, generator=generator) > 0.2
+    found = top_k_neighbors(queries, keys, mask, 4, query_forms=wanted, key_forms=key_forms, form_bonus=0.2)
+    score = (queries @ keys.T + 0.2 * wanted @ key_forms.T).masked_fill(~mask, float("-inf"))
+    assert torch.allclose(score.gather(1, found.indices), torch.topk(score, 4, dim=1).values, atol=1e-6)
+    assert torch.allclose(found.similarities, (queries @ keys.T).gather(1, found.indices), atol=1e-6)
+    assert all(len(set(row.tolist())) == 4 for row in found.indices) and mask[found.indices].all()
+
+
 def test_identical_vectors_give_the_neighbour_of_the_query_form_first() -> None:
     keys = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8]])  # "the", " the" (same vector), another token
     key_forms = token_forms([b"the", b" the", b" a"])
@@ -272,6 +290,16 @@ def test_identical_vectors_give_the_neighbour_of_the_query_form_first() -> None:
         assert found.similarities[0].tolist() == pytest.approx([1.0, 1.0])
     unranked = top_k_neighbors(query, keys, torch.ones(3, dtype=torch.bool), 2)
     assert unranked.indices[0].tolist() == [0, 1]  # without forms: lowest id first
+    upper = top_k_neighbors(
+        query,
+        keys,
+        torch.ones(3, dtype=torch.bool),
+        2,
+        query_forms=token_forms([b"The"]),
+        key_forms=key_forms,
+        form_bonus=0.1,
+    )
+    assert upper.indices[0].tolist() == [0, 1]  # "the" and " the" each share one form with "The": lowest id first
 
 
 def test_neighbour_form_is_on_for_hybrid_alone_unless_asked() -> None:
