@@ -55,7 +55,7 @@ from tokenadapt.vocab import (
     build_vocabulary,
 )
 from tokenadapt.vocab.decompose import decompose
-from tokenadapt.vocab.forms import FORM_FEATURES, token_forms
+from tokenadapt.vocab.forms import FORM_FEATURES, FORM_WEIGHTS, token_forms
 from tokenadapt.zoo import resolve_embedder, resolve_model
 from tokenadapt.zoo.cache import cache_path, read_checked_array, write_checked_array
 
@@ -519,8 +519,12 @@ def _method_inputs(
         if "neighbors" in needs:
             with timings.stage("neighbors"):
                 bonus = options.neighbor_form_bonus_active
-                cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}" + (f"|form {bonus!r}" if bonus else "")
-                forms = _neighbor_forms(old_vocab, new_vocab, new_ids, old_rows) if bonus else None
+                form_key = f"|forms {bonus!r} {FORM_WEIGHTS.tolist()}" if bonus else ""
+                cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}{form_key}"
+                forms = None
+                if bonus:
+                    wanted, offered = _neighbor_forms(old_vocab, new_vocab, new_ids, old_rows)
+                    forms = (wanted, offered * FORM_WEIGHTS)
                 fields["neighbors"] = cached_neighbors(
                     fields["aux_new"],
                     aux_old,

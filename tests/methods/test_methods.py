@@ -18,7 +18,7 @@ from tokenadapt.methods.local import whitespace_tail
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.vocab.decompose import Decomposition
-from tokenadapt.vocab.forms import token_forms
+from tokenadapt.vocab.forms import FORM_WEIGHTS, token_forms
 
 OLD = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [4.0, 4.0]])
 OLD_BYTES = torch.tensor([6.0, 5.0, 3.0, 1.0])
@@ -299,7 +299,21 @@ def test_identical_vectors_give_the_neighbour_of_the_query_form_first() -> None:
         key_forms=key_forms,
         form_bonus=0.1,
     )
-    assert upper.indices[0].tolist() == [0, 1]  # "the" and " the" each share one form with "The": lowest id first
+    assert upper.indices[0].tolist() == [0, 1]  # "the" shares the word start with "The", " the" nothing
+
+
+def test_with_the_shipped_weights_a_shared_case_breaks_a_tie_before_a_shared_word_start() -> None:
+    keys = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # "T" (id 0) and " t" (id 1): one vector to an uncased embedder
+    key_forms = token_forms([b"T", b" t"])
+    query, wanted = torch.tensor([[1.0, 0.0]]), token_forms([b".t"])  # no space, lower case: each shares one
+    mask = torch.ones(2, dtype=torch.bool)
+    even = top_k_neighbors(query, keys, mask, 1, query_forms=wanted, key_forms=key_forms, form_bonus=0.1)
+    weighted = top_k_neighbors(
+        query, keys, mask, 1, query_forms=wanted, key_forms=key_forms * FORM_WEIGHTS, form_bonus=0.1
+    )
+    assert even.indices.tolist() == [[0]]  # evenly weighted: a tie, lowest id
+    assert weighted.indices.tolist() == [[1]]  # " t" shares the case
+    assert weighted.similarities[0].tolist() == pytest.approx([1.0])
 
 
 def test_neighbour_form_is_on_for_hybrid_alone_unless_asked() -> None:
