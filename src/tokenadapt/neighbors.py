@@ -43,8 +43,9 @@ def top_k_neighbors(
     equal similarities. Fewer than k eligible keys: the missing slots get similarity -inf (callers mask them out).
 
     With `form_bonus` b > 0 and form features [U, f], [V, f] (`vocab.forms`), keys rank by cos + b x (forms they
-    share with the query), still exactly and at the cost of the plain search: a vector's ids differ only in their
-    forms, so a vector ranks by its best-matching id, and its ids expand best match first, then lowest id. The
+    share with the query), still exactly and at about the cost of the plain search: ids that share a vector differ
+    in score only by their forms, so a vector ranks by its best-matching id, and its ids expand best match first,
+    then lowest id. The
     similarities returned are the plain cosines.
     """
     indices = torch.zeros((queries.shape[0], k), dtype=torch.long)

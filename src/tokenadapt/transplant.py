@@ -573,7 +573,7 @@ def cached_neighbors(
     """`top_k_neighbors`, cached on disk: a re-run with the same vocabularies, embedder and k skips the search.
 
     `forms` (query [U, f], key [V, f]) and `form_bonus` rank neighbours of the query's own form first; the
-    cache key must then name the bonus."""
+    cache key must then name the bonus and the form weights."""
     digest = hashlib.sha256(cache_key.encode() + query_ids.tobytes() + eligible.numpy().tobytes()).hexdigest()[:32]
     ids_path, sims_path = (cache_path("neighbors", f"{digest}-{part}.npy") for part in ("ids", "sims"))
     ids, sims = read_checked_array(ids_path), read_checked_array(sims_path)
