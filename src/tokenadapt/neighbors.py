@@ -45,8 +45,7 @@ def top_k_neighbors(
     With `form_bonus` b > 0 and form features [U, f], [V, f] (`vocab.forms`), keys rank by cos + b x (forms they
     share with the query), still exactly and at about the cost of the plain search: ids that share a vector differ
     in score only by their forms, so a vector ranks by its best-matching id, and its ids expand best match first,
-    then lowest id. The
-    similarities returned are the plain cosines.
+    then lowest id. The similarities returned are the plain cosines.
     """
     indices = torch.zeros((queries.shape[0], k), dtype=torch.long)
     sims = torch.full((queries.shape[0], k), float("-inf"))
@@ -54,13 +53,13 @@ def top_k_neighbors(
     if eligible.numel() == 0 or queries.shape[0] == 0:
         return Neighbors(indices, sims)
     pool, key_inverse = torch.unique(keys[eligible], dim=0, return_inverse=True)
-    with_forms = form_bonus > 0 and query_forms is not None and key_forms is not None
+    forms = (query_forms, key_forms) if form_bonus > 0 and query_forms is not None and key_forms is not None else None
     width = queries.shape[1]
-    rows = torch.cat([queries, query_forms], dim=1) if with_forms and query_forms is not None else queries
+    rows = torch.cat([queries, forms[0]], dim=1) if forms is not None else queries
     unique_rows, query_inverse = torch.unique(rows, dim=0, return_inverse=True)
-    if with_forms and key_forms is not None:
+    if forms is not None:
         kinds, kind_of = torch.unique(unique_rows[:, width:], dim=0, return_inverse=True)  # the forms asked for
-        eligible_forms = key_forms[eligible]
+        eligible_forms = forms[1][eligible]
     else:
         kinds, kind_of = torch.zeros((1, 1)), torch.zeros(unique_rows.shape[0], dtype=torch.long)
         eligible_forms = torch.zeros((eligible.numel(), 1))

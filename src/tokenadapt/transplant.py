@@ -260,7 +260,7 @@ def transplant(
             command=command,
             prior=prior_report,
             whitespace_tail_rows=_whitespace_tail_rows(inputs, spec),
-            neighbor_form=_neighbor_form_report(inputs, old_vocab, new_vocab),
+            neighbor_form=_neighbor_form_report(inputs),
         )
         if options.verify:
             log.info("verifying the written directory")
@@ -442,11 +442,11 @@ def neighbor_form_summary(report: dict[str, Any]) -> str:
     )
 
 
-def _neighbor_form_report(inputs: MethodInputs, old_vocab: Vocabulary, new_vocab: Vocabulary) -> dict[str, Any] | None:
+def _neighbor_form_report(inputs: MethodInputs) -> dict[str, Any] | None:
     """How often the global neighbours share their new token's word start and case; None without neighbours."""
-    if inputs.neighbors is None:
+    if inputs.neighbors is None or inputs.forms is None:
         return None
-    wanted, offered = _neighbor_forms(old_vocab, new_vocab, inputs.new_ids, inputs.old_candidates.shape[0])
+    wanted, offered = inputs.forms
     found = torch.isfinite(inputs.neighbors.similarities)
     got = offered[inputs.neighbors.indices]  # [U, k, 4]
     start = (wanted[:, None, :2] * got[..., :2]).sum(dim=2)
@@ -521,10 +521,7 @@ def _method_inputs(
                 bonus = options.neighbor_form_bonus_active
                 form_key = f"|forms {bonus!r} {FORM_WEIGHTS.tolist()}" if bonus else ""
                 cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}{form_key}"
-                forms = None
-                if bonus:
-                    wanted, offered = _neighbor_forms(old_vocab, new_vocab, new_ids, old_rows)
-                    forms = (wanted, offered * FORM_WEIGHTS)
+                wanted, offered = fields["forms"] = _neighbor_forms(old_vocab, new_vocab, new_ids, old_rows)
                 fields["neighbors"] = cached_neighbors(
                     fields["aux_new"],
                     aux_old,
@@ -533,7 +530,7 @@ def _method_inputs(
                     cache_key,
                     new_ids,
                     progress,
-                    forms,
+                    (wanted, offered * FORM_WEIGHTS) if bonus else None,
                     bonus,
                 )
     context = Context(old_vocab, new_vocab, alignment, new_ids, old_candidates, options, timings, progress)

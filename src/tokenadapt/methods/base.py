@@ -60,6 +60,8 @@ class MethodInputs:
     - `old_candidates` [V] bool: old rows that are real, non-special tokens; means and neighbours use only these.
     - `new_byte_lengths` [U], `old_byte_lengths` [V] float: bytes each token stands for.
     - `old_whitespace` [V] bool: the old token stands for whitespace only (None: unknown, nothing is dropped).
+    - `forms` ([U, 4] of the new tokens, [V, 4] of the old): word start and case (`vocab.forms`), computed with the
+      neighbours (for the search and the report).
     - `decomposition`: old pieces of each new token (needs "decomposition").
     - `aux_new` [U, a], `aux_new_ok` [U], `aux_old` [V, a], `aux_old_ok` [V]: L2-normalised auxiliary embeddings
       (needs "aux").
@@ -79,6 +81,7 @@ class MethodInputs:
     old_byte_lengths: torch.Tensor
     options: TransplantOptions
     old_whitespace: torch.Tensor | None = None
+    forms: tuple[torch.Tensor, torch.Tensor] | None = None
     decomposition: Decomposition | None = None
     aux_new: torch.Tensor | None = None
     aux_new_ok: torch.Tensor | None = None
