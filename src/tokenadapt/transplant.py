@@ -37,7 +37,7 @@ from tokenadapt.method_inputs import Context, extra_inputs
 from tokenadapt.methods import get_method, required_needs
 from tokenadapt.methods.base import MethodInputs, MethodSpec
 from tokenadapt.methods.combine import candidate_mean
-from tokenadapt.methods.local import whitespace_tail
+from tokenadapt.methods.local import dropped_whitespace_tail
 from tokenadapt.methods.numbers import apply_numbers
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
@@ -462,11 +462,8 @@ def _neighbor_form_report(inputs: MethodInputs) -> dict[str, Any] | None:
 def _whitespace_tail_rows(inputs: MethodInputs, spec: MethodSpec) -> int | None:
     """How many rows' local estimates left out a whitespace tail; None where no local estimate drops one."""
     uses_local = {"decomposition", "aux"} <= required_needs(spec, inputs.options.fallback)
-    if not (uses_local and inputs.options.drops_whitespace_tail) or inputs.decomposition is None:
-        return None
-    assert inputs.old_whitespace is not None
-    pieces, mask = inputs.decomposition.pieces, inputs.decomposition.mask
-    return int(whitespace_tail(pieces, mask, inputs.old_whitespace).any(dim=1).sum())
+    dropped = dropped_whitespace_tail(inputs) if uses_local else None
+    return None if dropped is None else int(dropped.any(dim=1).sum())
 
 
 def padded_rows(size: int, multiple: int) -> int:

@@ -63,15 +63,21 @@ def whitespace_tail(pieces: torch.Tensor, mask: torch.Tensor, whitespace: torch.
     return tail & has_head
 
 
+def dropped_whitespace_tail(inputs: MethodInputs) -> torch.Tensor | None:
+    """[U, L] bool: the pieces the local estimate leaves out under `--whitespace-tail`; None where it keeps all."""
+    if not inputs.options.drops_whitespace_tail or inputs.old_whitespace is None or inputs.decomposition is None:
+        return None
+    return whitespace_tail(inputs.decomposition.pieces, inputs.decomposition.mask, inputs.old_whitespace)
+
+
 def local_weights(inputs: MethodInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(piece indices [U, L], weights [U, L] summing to 1 per spelled row, spelled [U] bool)."""
     assert inputs.decomposition is not None
     pieces, mask = inputs.decomposition.pieces, inputs.decomposition.mask
     w_sem = masked_softmax(piece_cosines(inputs), mask)
     length_share = inputs.old_byte_lengths[pieces] / inputs.new_byte_lengths.clamp(min=1)[:, None]
-    weighed = mask
-    if inputs.options.drops_whitespace_tail and inputs.old_whitespace is not None:
-        weighed = mask & ~whitespace_tail(pieces, mask, inputs.old_whitespace)
+    dropped = dropped_whitespace_tail(inputs)
+    weighed = mask if dropped is None else mask & ~dropped
     weights = masked_softmax((w_sem + length_share) / 2 / inputs.options.temperature, weighed)
     return pieces, weights, mask.any(dim=1)
 
