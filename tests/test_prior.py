@@ -17,12 +17,18 @@ from tokenadapt import prior
 from tokenadapt.errors import InputError
 from tokenadapt.options import TransplantOptions
 from tokenadapt.prior import (
+    MIN_CLASS_SHARED,
+    PRIOR_CLASSES,
     HiddenStatistics,
+    TokenFeatures,
     fit_prior,
+    fit_prior_model,
     frequency_ranks,
     hidden_statistics,
     plan_prior,
+    prior_classes,
     sample_hidden_states,
+    token_features,
 )
 from tokenadapt.transplant import REPORT_NAME, TransplantResult, transplant
 from tokenadapt.vocab import align_vocabularies, build_vocabulary
@@ -68,28 +74,123 @@ def _statistics(d: int = 4) -> HiddenStatistics:
     return HiddenStatistics(torch.ones(d), torch.arange(d, dtype=torch.float32), 0.05, 100)
 
 
-def test_plan_prior_moves_each_row_a_share_of_the_way_to_its_prediction() -> None:
+def _features(ranks: torch.Tensor, classes: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
+    return TokenFeatures(
+        ranks,
+        lengths if lengths is not None else torch.full_like(ranks, 3),
+        classes if classes is not None else torch.zeros_like(ranks),
+    )
+
+
+@pytest.mark.parametrize("fit", ["rank", "form"])
+def test_plan_prior_moves_each_row_a_share_of_the_way_to_its_prediction(fit: str) -> None:
     shared_ranks = torch.arange(300)
     shared_priors = 10.0 - torch.log1p(shared_ranks.float())
     estimated_ranks = torch.tensor([400, 2000])
     estimated_priors = torch.tensor([9.0, 1.0])
-    plan = plan_prior(_statistics(), estimated_priors, estimated_ranks, shared_priors, shared_ranks, 0.5)
+    plan = plan_prior(
+        _statistics(), estimated_priors, _features(estimated_ranks), shared_priors, _features(shared_ranks), 0.5, fit
+    )
     predicted = 10.0 - torch.log1p(estimated_ranks.float())
-    assert torch.allclose(plan.shift, 0.5 * (predicted - estimated_priors), atol=1e-5)
+    assert torch.allclose(plan.shift, 0.5 * (predicted - estimated_priors), atol=1e-4)
     assert plan.report["applied"] and plan.report["fit"]["r"] == pytest.approx(-1.0)
+    assert plan.report["prior_fit"] == fit and plan.report["residual_std"] == pytest.approx(0.0, abs=1e-4)
     # one scalar per row along one direction, so any column block is a slice of the same outer product
     assert torch.allclose(plan.block(1, 3), torch.outer(plan.shift, torch.tensor([1.0, 2.0])))
 
 
-def test_plan_prior_moves_nothing_when_rank_says_nothing() -> None:
+@pytest.mark.parametrize("fit", ["rank", "form"])
+def test_plan_prior_moves_nothing_when_rank_says_nothing(fit: str) -> None:
     generator = torch.Generator().manual_seed(0)
     shared_ranks = torch.randperm(300, generator=generator)
     shared_priors = 10.0 - torch.log1p(torch.arange(300).float())  # priors unrelated to these ranks
-    plan = plan_prior(_statistics(), torch.tensor([9.0]), torch.tensor([400]), shared_priors, shared_ranks, 0.5)
+    one = _features(torch.tensor([400]))
+    plan = plan_prior(_statistics(), torch.tensor([9.0]), one, shared_priors, _features(shared_ranks), 0.5, fit)
     assert not plan.report["applied"] and "does not predict" in plan.report["reason"]
     assert torch.equal(plan.shift, torch.zeros(1))
-    few = plan_prior(_statistics(), torch.tensor([9.0]), torch.tensor([40]), shared_priors[:20], torch.arange(20), 0.5)
+    few = plan_prior(_statistics(), torch.tensor([9.0]), one, shared_priors[:20], _features(torch.arange(20)), 0.5, fit)
     assert not few.report["applied"] and "only 20 shared tokens" in few.report["reason"]
+
+
+def test_prior_classes_read_the_first_character_after_one_space() -> None:
+    tokens = [b" The", b"ing", b" \xc3\xa9t\xc3\xa9", b"\xce\xb1", b".\n", b" (", b"-J", b" ", b"  x", b"42", b" 7"]
+    tokens += ["日本".encode(), "。".encode(), b"\xe6\x97", b"\n\n", b"", None]
+    names = [PRIOR_CLASSES[c] for c in prior_classes(tokens)]
+    expected = ["word start", "word middle", "word start", "word middle", *["punctuation"] * 3, *["other"] * 4]
+    expected += [*["unspaced script"] * 2, *["other"] * 4]
+    assert names == expected
+
+
+def test_token_features_of_a_vocabulary(byte_level_tokenizer: PreTrainedTokenizerFast) -> None:
+    vocab = build_vocabulary(byte_level_tokenizer)
+    features = token_features(vocab)
+    assert torch.equal(features.ranks, torch.from_numpy(frequency_ranks(vocab)))
+    assert features.lengths.tolist() == [len(data or b"") for data in vocab.canonical[: vocab.size]]
+    assert torch.equal(features.classes, torch.from_numpy(prior_classes(vocab.canonical[: vocab.size])))
+    picked = features.subset(np.array([5, 2]))
+    assert picked.ranks.tolist() == [int(features.ranks[5]), int(features.ranks[2])]
+
+
+def _class_data(seed: int = 0) -> tuple[torch.Tensor, TokenFeatures, dict[int, tuple[float, float]]]:
+    """Shared tokens of every class, each prior on its own log-rank line, plus -0.5 log(bytes) and noise."""
+    generator = torch.Generator().manual_seed(seed)
+    lines = {0: (18.0, -1.0), 1: (9.5, -0.5), 2: (15.0, -1.0), 3: (13.0, -0.8), 4: (11.0, -0.6)}
+    # "other" too small for a line of its own; the unspaced scripts never get one
+    counts = [3000, 1500, 400, MIN_CLASS_SHARED - 1, 500]
+    classes = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    ranks = torch.randint(0, 100_000, (len(classes),), generator=generator)
+    lengths = torch.randint(1, 12, (len(classes),), generator=generator)
+    x, size = torch.log1p(ranks.double()), torch.log(lengths.double())
+    intercept = torch.tensor([lines[int(c)][0] for c in classes], dtype=torch.float64)
+    slope = torch.tensor([lines[int(c)][1] for c in classes], dtype=torch.float64)
+    priors = intercept + slope * x - 0.5 * size + 0.01 * torch.randn(len(classes), generator=generator).double()
+    return priors, TokenFeatures(ranks, lengths, classes), lines
+
+
+def test_fit_prior_model_recovers_a_line_per_class_and_a_numpy_reference() -> None:
+    priors, features, lines = _class_data()
+    model = fit_prior_model(priors, features)
+    assert model.fitted == (True, True, True, False, False)
+    assert model.shared == (3000, 1500, 400, MIN_CLASS_SHARED - 1, 500)
+    for c in range(3):
+        # intercepts hold at the fitted tokens' mean log length; take them back to one byte
+        assert (model.intercept[c] - model.length_slope * model.length_centre, model.slope[c]) == (
+            pytest.approx(lines[c][0], abs=0.03),
+            pytest.approx(lines[c][1], abs=0.003),
+        )
+    assert model.length_slope == pytest.approx(-0.5, abs=0.005)
+    fitted_rows = features.classes < 3
+    assert model.length_centre == pytest.approx(float(torch.log(features.lengths[fitted_rows].double()).mean()))
+
+    # the other classes keep the rank line: ordinary least squares on log rank over every shared token
+    x = np.log1p(features.ranks.double().numpy())
+    reference = np.linalg.lstsq(np.stack([np.ones_like(x), x], axis=1), priors.numpy(), rcond=None)[0]
+    np.testing.assert_allclose([model.intercept[-1], model.slope[-1]], reference, rtol=1e-6)
+    query = TokenFeatures(torch.tensor([10, 10, 10, 50_000]), torch.tensor([4, 4, 9, 2]), torch.tensor([1, 3, 4, 0]))
+    expected = [
+        lines[1][0] + lines[1][1] * np.log1p(10) - 0.5 * np.log(4),
+        reference @ [1.0, np.log1p(10)],  # no length term off the class lines
+        reference @ [1.0, np.log1p(10)],
+        lines[0][0] + lines[0][1] * np.log1p(50_000) - 0.5 * np.log(2),
+    ]
+    np.testing.assert_allclose(model.predict(query).numpy(), expected, atol=0.02)
+
+
+def test_plan_prior_form_fit_tells_word_middles_from_word_starts() -> None:
+    priors, features, lines = _class_data()
+    # two new tokens of one rank and length: a word start and a word middle
+    estimated = TokenFeatures(torch.tensor([5000, 5000]), torch.tensor([4, 4]), torch.tensor([0, 1]))
+    estimated_priors = torch.tensor([6.0, 6.0])
+    form = plan_prior(_statistics(), estimated_priors, estimated, priors, features, 1.0, "form")
+    gap = (lines[0][0] - lines[1][0]) + (lines[0][1] - lines[1][1]) * np.log1p(5000)
+    assert float(form.shift[0] - form.shift[1]) == pytest.approx(gap, abs=0.02)
+    rank = plan_prior(_statistics(), estimated_priors, estimated, priors, features, 1.0, "rank")
+    assert float(rank.shift[0]) == float(rank.shift[1])  # one line cannot tell them apart
+    assert form.report["residual_std"] < 0.5 * rank.report["residual_std"]
+    classes = form.report["classes"]
+    assert classes["word middle"]["estimated"] == 1 and classes["other"]["line"] == "rank line"
+    assert classes["unspaced script"] == {"shared": 500, "estimated": 0, "line": "rank line"}
+    assert classes["word start"]["line"]["slope"] == pytest.approx(-1.0, abs=0.001)
 
 
 def test_frequency_ranks_follow_ids_for_bpe_and_scores_for_unigram(
@@ -200,6 +301,42 @@ def test_both_checkpoint_paths_calibrate_alike_and_auto_spares_big_checkpoints(
         assert result.prior is not None and result.prior["applied"]
 
 
+def test_prior_fit_form_reports_its_classes_and_rank_keeps_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+    tiny_embedder_dir: Path,
+) -> None:
+    _force_fit(monkeypatch)
+    monkeypatch.setattr(prior, "MIN_CLASS_SHARED", 5)  # a tiny vocabulary: let its classes have lines
+    results, heads = {}, {}
+    for fit in ("form", "rank"):
+        options = TransplantOptions(embedder=str(tiny_embedder_dir), prior_fit=fit)
+        results[fit] = transplant(tied_model_dir, new_tokenizer_dir, tmp_path / fit, options)
+        heads[fit] = AutoModelForCausalLM.from_pretrained(tmp_path / fit).get_output_embeddings().weight.detach()
+    form, rank = results["form"].prior, results["rank"].prior
+    assert form is not None and rank is not None and form["prior_fit"] == "form" and rank["prior_fit"] == "rank"
+    assert "classes" not in rank and form["fit"] == rank["fit"]  # the same rank line decides whether to apply
+
+    # every shared token the fit read and every estimated row is counted in exactly one class
+    classes = form["classes"]
+    assert list(classes) == list(PRIOR_CLASSES)
+    assert sum(c["shared"] for c in classes.values()) == form["shared_tokens"]
+    assert sum(c["estimated"] for c in classes.values()) == results["form"].counts["estimated"]
+    lined = [name for name, c in classes.items() if c["line"] != "rank line"]
+    assert lined and "unspaced script" not in lined
+    assert f"a line each for {', '.join(lined)}" in results["form"].to_markdown()
+    assert "frequency order predicts (one line" in results["rank"].to_markdown()
+
+    # the fits differ only in the estimated rows' shifts: copied rows are the same bytes
+    new_vocab = build_vocabulary(AutoTokenizer.from_pretrained(tmp_path / "form"))
+    old_vocab = build_vocabulary(AutoTokenizer.from_pretrained(tied_model_dir))
+    alignment = align_vocabularies(old_vocab, new_vocab, old_vocab.size)
+    assert torch.equal(heads["form"][alignment.copied_ids], heads["rank"][alignment.copied_ids])
+    assert not torch.equal(heads["form"][alignment.estimated_ids], heads["rank"][alignment.estimated_ids])
+
+
 def test_prior_is_on_by_default_for_hybrid_only(
     tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
 ) -> None:
@@ -220,6 +357,7 @@ def test_prior_is_on_by_default_for_hybrid_only(
     [
         ({"prior": "maybe"}, "--prior must be"),
         ({"prior_weight": 1.5}, "--prior-weight must be between 0 and 1"),
+        ({"prior_fit": "classes"}, "--prior-fit must be one of form, rank"),
         ({"prior": "on", "method": "random"}, "--prior on cannot calibrate --method random"),
     ],
 )

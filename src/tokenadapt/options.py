@@ -16,6 +16,7 @@ from tokenadapt.errors import InputError
 FULL_VERIFY_MAX_GB = 2.0  # models up to this size are reloaded and scored by verification
 CHECKPOINT_IO = ("auto", "file-level", "in-memory")
 FALLBACKS = ("hybrid", "local", "global", "subword-mean", "mean")  # methods that need no text or donor
+PRIOR_FITS = ("form", "rank")  # prior.fit_prior_model
 
 
 def raise_first_failure(checks: list[tuple[bool, str]]) -> None:
@@ -102,6 +103,11 @@ class TransplantOptions:
         "hybrid)",
     )
     prior_weight: float = _opt(0.5, "prior calibration: share of the way to the predicted mean logit (0-1)")
+    prior_fit: str = _opt(
+        "form",
+        "prior calibration: what predicts a token's mean logit: 'form' (frequency rank, with a line per class of "
+        "word start, word middle, punctuation and other, plus byte length) or 'rank' (one line on frequency rank)",
+    )
     whitespace_tail: str = _opt(
         "auto",
         "local estimate of a token that ends in whitespace (',\\n', ')\\n\\n'): 'drop' weighs only the pieces "
@@ -150,6 +156,7 @@ class TransplantOptions:
             (self.numbers in ("auto", "off"), "--numbers must be 'auto' or 'off'"),
             (self.prior in ("auto", "on", "off"), "--prior must be 'auto', 'on' or 'off'"),
             (0.0 <= self.prior_weight <= 1.0, "--prior-weight must be between 0 and 1"),
+            (self.prior_fit in PRIOR_FITS, f"--prior-fit must be one of {', '.join(PRIOR_FITS)}"),
             (self.whitespace_tail in ("auto", "drop", "keep"), "--whitespace-tail must be 'auto', 'drop' or 'keep'"),
             (self.neighbor_form in ("auto", "match", "ignore"), "--neighbor-form must be 'auto', 'match' or 'ignore'"),
             (0.0 <= self.neighbor_form_bonus <= 1.0, "--neighbor-form-bonus must be between 0 and 1"),

@@ -12,14 +12,21 @@ How, without text:
 1. The model samples `samples` x `length` tokens from its own start token. Their final hidden states h [n, d] give
    the mean m (a row e's mean logit is m . e) and a direction u = (C + ridge tr(C)/d I)^-1 m, scaled so that
    mean(h . u) = 1: adding s u to a row raises its logit by about s in every context (h . u varies by ~0.1).
-2. On the shared tokens, fit m . e ~ a + b log(1 + rank), rank = the new tokenizer's frequency order (merge order
-   for BPE and WordPiece ids, score order for a unigram model). Where the fit does not find later ranks to mean
-   lower priors (r > -MIN_CORRELATION) nothing moves: a vocabulary in arbitrary order says nothing about frequency.
-3. Each estimated row moves by weight x (a + b log(1 + rank) - m . e) along u.
+2. On the shared tokens, fit m . e ~ a_c + b_c log(1 + rank) + l log(bytes), rank = the new tokenizer's frequency
+   order (merge order for BPE and WordPiece ids, score order for a unigram model), c the token's class (a word
+   start in a spaced script, a word middle, punctuation, other: `prior_classes`; `--prior-fit form`). A word
+   middle gets lower logits than a word start of the same rank (3.6 nats at rank 10k for SmolLM2 -> Qwen2), which a
+   single line through all tokens averages away. That single line, a + b log(1 + rank), is `--prior-fit rank`,
+   and it stays for the unspaced scripts (CJK, kana, Hangul) and for classes with few shared tokens.
+   Where the new tokenizer's order does not predict the shared tokens' priors (r > -MIN_CORRELATION for the
+   single line) nothing moves: a vocabulary in arbitrary order says nothing about frequency.
+3. Each estimated row moves by weight x (prediction - m . e) along u.
 
 The shift is one scalar per row times one direction, so it applies to any column block of the estimate:
 
-    >>> plan = plan_prior(statistics, estimated_priors, estimated_ranks, shared_priors, shared_ranks, 0.5)
+    >>> features = token_features(new_vocab)                  # rank, byte length, class of every new token
+    >>> plan = plan_prior(statistics, estimated_priors, features.subset(new_ids), shared_priors,
+    ...                   features.subset(shared_ids), weight=0.5, fit="form")
     >>> rows[:, a:b] += plan.block(a, b)          # rows: the [U, d] estimates, any column block a:b
 """
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +50,11 @@ TOP_P = 0.95
 RIDGE = 0.1  # of the mean hidden variance: keeps u from chasing the sample's smallest directions
 MIN_CORRELATION = 0.15  # -r (log rank vs the shared tokens' prior) below which the fit is not trusted
 MIN_SHARED = 100  # shared tokens the fit needs
+MIN_CLASS_SHARED = 200  # shared tokens a class needs for a line of its own; smaller classes keep the rank line
+PRIOR_CLASSES = ("word start", "word middle", "punctuation", "other", "unspaced script")
+# from U+2E80 on (CJK, kana, Hangul) scripts are written without spaces: no word starts to tell apart
+SPACED_SCRIPTS_END = 0x2E80
+UNSPACED = PRIOR_CLASSES.index("unspaced script")  # always on the rank line (see fit_prior_model)
 
 
 @dataclass(frozen=True)
@@ -174,38 +187,185 @@ def frequency_ranks(vocab: Vocabulary) -> np.ndarray:
     return ranks
 
 
+def prior_classes(canonical: Sequence[bytes | None]) -> np.ndarray:
+    """[V] int64 class of each token for the prior fit, an index into PRIOR_CLASSES.
+
+    The class is read from the first character after one optional leading space: a letter of a spaced script is a
+    word start (0) with the space and a word middle (1) without; other characters that are no digit and no
+    whitespace are punctuation (2), leading space or not; any character from U+2E80 on (CJK, kana, Hangul and
+    their punctuation) is an unspaced script (4); the rest (digits, whitespace, partial UTF-8, no bytes) is other
+    (3).
+
+    >>> prior_classes([b" The", b"ing", b".\\n", b" (", "日本".encode(), b"\\xe6", b"42", b"\\n", None]).tolist()
+    [0, 1, 2, 2, 4, 3, 3, 3, 3]
+    """
+    classes = np.full(len(canonical), 3, dtype=np.int64)
+    for token_id, data in enumerate(canonical):
+        if not data:
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        word_start = text.startswith(" ") and len(text) > 1
+        first = text[1] if word_start else text[0]
+        if ord(first) >= SPACED_SCRIPTS_END:
+            classes[token_id] = UNSPACED
+        elif first.isalpha():
+            classes[token_id] = 0 if word_start else 1
+        elif not (first.isdigit() or first.isspace()):
+            classes[token_id] = 2
+    return classes
+
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """What the prior fit reads of each token, all [N]: frequency rank, canonical byte length, class."""
+
+    ranks: torch.Tensor
+    lengths: torch.Tensor
+    classes: torch.Tensor
+
+    def subset(self, ids: np.ndarray | torch.Tensor) -> TokenFeatures:
+        index = torch.as_tensor(ids, dtype=torch.long)
+        return TokenFeatures(self.ranks[index], self.lengths[index], self.classes[index])
+
+
+def token_features(vocab: Vocabulary) -> TokenFeatures:
+    """The prior fit's features of every token of `vocab` ([size] each)."""
+    return TokenFeatures(
+        ranks=torch.from_numpy(frequency_ranks(vocab)),
+        lengths=torch.tensor([len(data or b"") for data in vocab.canonical[: vocab.size]], dtype=torch.int64),
+        classes=torch.from_numpy(prior_classes(vocab.canonical[: vocab.size])),
+    )
+
+
+@dataclass(frozen=True)
+class PriorModel:
+    """prior ~ intercept[c] + slope[c] log(1 + rank) + length_slope (log(bytes) - length_centre), c a token's class.
+
+    Only classes with a line of their own (`fitted[c]`) read length; every other token is predicted by the rank
+    line `intercept[-1]` + `slope[-1]` log(1 + rank) through all shared tokens. Length is centred on the fitted
+    shared tokens' mean log length, so a vocabulary of one length leaves it out.
+    """
+
+    intercept: tuple[float, ...]  # per class, then the rank line's
+    slope: tuple[float, ...]
+    length_slope: float
+    length_centre: float
+    fitted: tuple[bool, ...]  # per class: has a line of its own
+    shared: tuple[int, ...]  # per class: shared tokens
+
+    def predict(self, features: TokenFeatures) -> torch.Tensor:
+        """[N] predicted prior of tokens with these features."""
+        x = torch.log1p(features.ranks.to(torch.float64))
+        size = torch.log(features.lengths.clamp(min=1).to(torch.float64)) - self.length_centre
+        own = torch.tensor(self.fitted, dtype=torch.bool)[features.classes]
+        group = torch.where(own, features.classes, torch.full_like(features.classes, len(self.fitted)))
+        intercept = torch.tensor(self.intercept, dtype=torch.float64)[group]
+        slope = torch.tensor(self.slope, dtype=torch.float64)[group]
+        return (intercept + slope * x + own * self.length_slope * size).to(torch.float32)
+
+
+def fit_prior_model(priors: torch.Tensor, features: TokenFeatures) -> PriorModel:
+    """Least squares `PriorModel` of the shared tokens' priors [S] on their features.
+
+    Each class with MIN_CLASS_SHARED shared tokens gets a line on log rank, and all of them one slope on log byte
+    length, fitted together. The unspaced scripts never get a line: a vocabulary extended with them (Llama-3's
+    28k tokens appended to cl100k) ranks them by when they were added, not how common they are, and a hundred
+    shared CJK tokens are too few to learn that from (docs/design.md). They and the small classes keep the rank line.
+
+    >>> ranks = torch.arange(1000)
+    >>> classes = torch.arange(1000) % 2                      # word starts and word middles, alternating
+    >>> priors = 10 - torch.log1p(ranks.double()) - 3.0 * classes   # middles 3 nats lower at every rank
+    >>> model = fit_prior_model(priors, TokenFeatures(ranks, torch.full((1000,), 4), classes))
+    >>> [round(v, 3) for v in model.intercept[:2]], [round(v, 3) for v in model.slope[:2]]
+    ([10.0, 7.0], [-1.0, -1.0])
+    """
+    count = len(PRIOR_CLASSES)
+    shared = tuple(int((features.classes == c).sum()) for c in range(count))
+    fitted = tuple(n >= MIN_CLASS_SHARED and c != UNSPACED for c, n in enumerate(shared))
+    line = fit_prior(priors, features.ranks)
+    intercept, slope = [math.nan] * count + [line.intercept], [math.nan] * count + [line.slope]
+    groups = [c for c in range(count) if fitted[c]]
+    rows = torch.isin(features.classes, torch.tensor(groups, dtype=features.classes.dtype))
+    size = torch.log(features.lengths[rows].clamp(min=1).to(torch.float64))
+    centre = float(size.mean()) if size.numel() else 0.0
+    length_slope = 0.0
+    if groups:
+        x = torch.log1p(features.ranks[rows].to(torch.float64))
+        columns = []
+        for c in groups:
+            member = (features.classes[rows] == c).to(torch.float64)
+            columns += [member, member * x]
+        solution = _least_squares(torch.stack([*columns, size - centre], dim=1), priors[rows].to(torch.float64))
+        for position, c in enumerate(groups):
+            intercept[c], slope[c] = solution[2 * position], solution[2 * position + 1]
+        length_slope = solution[-1]
+    return PriorModel(tuple(intercept), tuple(slope), length_slope, centre, fitted, shared)
+
+
+def _least_squares(design: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Coefficients [k] of the least-squares fit design [n, k] @ c ~ target [n] (minimum norm where degenerate)."""
+    if design.shape[0] == 0:
+        return [0.0] * design.shape[1]
+    return [float(v) for v in torch.linalg.lstsq(design, target[:, None], driver="gelsd").solution[:, 0]]
+
+
 def plan_prior(
     statistics: HiddenStatistics,
     estimated_priors: torch.Tensor,
-    estimated_ranks: torch.Tensor,
+    estimated: TokenFeatures,
     shared_priors: torch.Tensor,
-    shared_ranks: torch.Tensor,
+    shared: TokenFeatures,
     weight: float,
+    fit: str = "form",
 ) -> PriorPlan:
     """The shift of each estimated row: weight x (predicted - estimated prior), or zero where rank predicts nothing.
 
     `estimated_priors` [U] are m . e of the method's rows (computable before the rows: the methods are linear
-    in the old rows), `estimated_ranks` [U] their frequency ranks; `shared_priors`, `shared_ranks` [S] the same
-    for the shared tokens the fit learns from.
+    in the old rows), `estimated` their features; `shared_priors` [S] and `shared` the same for the shared
+    tokens the fit learns from. `fit` is "form" (a line per token class, plus byte length) or "rank" (one line).
     """
-    fit = fit_prior(shared_priors, shared_ranks)
+    line = fit_prior(shared_priors, shared.ranks)
     report: dict[str, Any] = {
         "weight": weight,
         "sample_tokens": statistics.tokens,
         "direction_spread": round(statistics.spread, 4),
-        "fit": {"intercept": round(fit.intercept, 4), "slope": round(fit.slope, 4), "r": round(fit.r, 4)},
-        "shared_tokens": fit.shared,
+        "fit": {"intercept": round(line.intercept, 4), "slope": round(line.slope, 4), "r": round(line.r, 4)},
+        "shared_tokens": line.shared,
+        "prior_fit": fit,
     }
     zero = torch.zeros_like(estimated_priors, dtype=torch.float32)
-    if fit.shared < MIN_SHARED or fit.r > -MIN_CORRELATION:
+    if line.shared < MIN_SHARED or line.r > -MIN_CORRELATION:
         report["applied"] = False
         report["reason"] = (
-            f"only {fit.shared} shared tokens to learn from (needs {MIN_SHARED})"
-            if fit.shared < MIN_SHARED
-            else f"the new tokenizer's order does not predict the shared tokens' priors (r = {fit.r:.2f})"
+            f"only {line.shared} shared tokens to learn from (needs {MIN_SHARED})"
+            if line.shared < MIN_SHARED
+            else f"the new tokenizer's order does not predict the shared tokens' priors (r = {line.r:.2f})"
         )
         return PriorPlan(zero, statistics.direction, report)
-    shift = weight * (fit.predict(estimated_ranks) - estimated_priors.to(torch.float32))
+    if fit == "rank":
+        prediction, fitted_shared = line.predict(estimated.ranks), line.predict(shared.ranks)
+    else:
+        model = fit_prior_model(shared_priors, shared)
+        prediction, fitted_shared = model.predict(estimated), model.predict(shared)
+        report["classes"] = {
+            name: {
+                "shared": model.shared[c],
+                "estimated": int((estimated.classes == c).sum()),
+                "line": (
+                    {"intercept": round(model.intercept[c], 4), "slope": round(model.slope[c], 4)}
+                    if model.fitted[c]
+                    else "rank line"
+                ),
+            }
+            for c, name in enumerate(PRIOR_CLASSES)
+        }
+        report["length_slope"] = round(model.length_slope, 4)
+    residual = shared_priors.to(torch.float32) - fitted_shared
+    report["residual_std"] = round(float(residual.std()), 4) if residual.numel() > 1 else 0.0
+    shift = weight * (prediction - estimated_priors.to(torch.float32))
     report["applied"] = True
     report["mean_shift"] = round(float(shift.mean()), 4) if shift.numel() else 0.0
     report["estimated_prior_mean"] = round(float(estimated_priors.float().mean()), 4) if shift.numel() else 0.0

@@ -42,7 +42,7 @@ from tokenadapt.methods.numbers import apply_numbers
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.output import check_output_path, staged_output
-from tokenadapt.prior import PriorPlan, frequency_ranks, hidden_statistics, plan_prior, sample_hidden_states
+from tokenadapt.prior import PriorPlan, hidden_statistics, plan_prior, sample_hidden_states, token_features
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, time_and_memory_line, versions, write_json
 from tokenadapt.safetensors_io import SafetensorsHeader, TensorSpec, read_tensor
 from tokenadapt.tokenizer_io import load_tokenizer, resolve_tokenizer, save_tokenizer
@@ -389,26 +389,20 @@ def calibrate_prior(
         old_priors = head_rows.to(torch.float32) @ statistics.mean  # [V]
     del model, head, head_rows
     estimated = apply_numbers(old_priors[:, None], inputs, spec.fn(old_priors[:, None], inputs)).rows[:, 0]
-    ranks = torch.from_numpy(frequency_ranks(new_vocab))
+    features = token_features(new_vocab)
     shared = alignment.ids_of(Assignment.EXACT, Assignment.CANONICAL)
     sources = alignment.source[shared]
     # single bytes sit first in a byte-level vocabulary by construction, not by frequency: leave them out
-    keep = np.array(
-        [
-            len(new_vocab.canonical[i] or b"") >= 2 and s < old_priors.shape[0]
-            for i, s in zip(shared, sources, strict=True)
-        ],
-        dtype=bool,
-    )
+    keep = (features.lengths[torch.from_numpy(shared)] >= 2).numpy() & (sources < old_priors.shape[0])
     shared, sources = shared[keep], sources[keep]
-    new_ids = torch.from_numpy(inputs.new_ids)
     return plan_prior(
         statistics,
         estimated,
-        ranks[new_ids],
+        features.subset(inputs.new_ids),
         old_priors[torch.from_numpy(sources)],
-        ranks[torch.from_numpy(shared)],
+        features.subset(shared),
         options.prior_weight,
+        options.prior_fit,
     )
 
 
@@ -419,10 +413,18 @@ def prior_summary(report: dict[str, Any] | None) -> str:
     if not report.get("applied"):
         return f"not applied: {report['reason']}"
     fit = report["fit"]
+    if report.get("prior_fit") == "form":
+        lines = [name for name, cls in report["classes"].items() if cls["line"] != "rank line"]
+        predictor = (
+            f"the new tokenizer's frequency order, the token's class and its length predict (a line each for "
+            f"{', '.join(lines) or 'no class'}"
+        )
+    else:
+        predictor = "the new tokenizer's frequency order predicts (one line"
     return (
-        f"estimated rows' mean logits moved {report['weight']:g} of the way to what the new tokenizer's frequency "
-        f"order predicts (fit on {report['shared_tokens']} shared tokens, r = {fit['r']:.2f}; mean shift "
-        f"{report['mean_shift']:+.2f})"
+        f"estimated rows' mean logits moved {report['weight']:g} of the way to what {predictor}; fit on "
+        f"{report['shared_tokens']} shared tokens, rank r = {fit['r']:.2f}, residual {report['residual_std']:.2f}; "
+        f"mean shift {report['mean_shift']:+.2f})"
     )
 
 
