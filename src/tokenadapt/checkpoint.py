@@ -125,11 +125,12 @@ class Verification:
         }
 
 
-def verify_model_dir(path: Path) -> Verification:
+def verify_model_dir(path: Path, tokenizer: Any = None) -> Verification:
     """Reload a model directory as a user would and check that it is sound.
 
     Checks: every id the tokenizer can emit has an embedding row; config's bos/eos/pad ids match the tokenizer;
     tied configs really share the matrix; no NaN/inf in the embeddings; a short scoring pass gives a finite loss.
+    `tokenizer`: the directory's tokenizer, already loaded with AutoTokenizer (else it is loaded here).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -138,7 +139,7 @@ def verify_model_dir(path: Path) -> Verification:
         raise InputError(f"{path} is not a model directory (no config.json).", "Pass the OUT of a transplant.")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto").eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as error:
         raise InputError(f"Could not reload {path}: {error}", "Check that the directory is complete.") from error
     except Exception as error:  # the tokenizers library raises bare Exceptions for files it cannot parse

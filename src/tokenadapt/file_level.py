@@ -341,11 +341,12 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def verify_headers(directory: Path, source: CheckpointPlan | None = None) -> Verification:
+def verify_headers(directory: Path, source: CheckpointPlan | None = None, tokenizer: Any = None) -> Verification:
     """Check a transplanted directory without loading the model (see the module docstring).
 
     With `source` (the plan of the original), also: the new tensors keep its dtype, and every tensor it had apart
     from the changed ones is present with the same dtype, shape and bytes (hard links count as identical).
+    `tokenizer`: the directory's tokenizer, already loaded (else it is loaded here).
     """
     from transformers import AutoTokenizer
 
@@ -363,7 +364,7 @@ def verify_headers(directory: Path, source: CheckpointPlan | None = None) -> Ver
         return result
     check("headers_valid", True, "")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(directory))
     except Exception as error:  # tokenizers raises bare Exceptions for unreadable files
         check("tokenizer_loads", False, f"the saved tokenizer does not load: {error}")
         return result
@@ -422,6 +423,16 @@ def _check_unchanged(plan: CheckpointPlan, source: CheckpointPlan, check: Any) -
     check("unchanged_tensors_identical", not differ, f"tensors whose bytes or shape changed: {differ[:5]}")
 
 
+def _saved_tokenizer(directory: Path) -> Any:
+    """The directory's tokenizer, or None when it does not load (the verification passes then say why)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except Exception:  # tokenizers raises bare Exceptions; verify_headers reports the failure as a check
+        return None
+
+
 def verify_directory(directory: Path, full_max_bytes: int, source: CheckpointPlan | None = None) -> Verification:
     """Verify a model directory: header checks when it is a file-level checkpoint, plus the full reload and scoring
     pass (`verify_model_dir`) when its weights take at most `full_max_bytes`; other directories are reloaded."""
@@ -433,9 +444,10 @@ def verify_directory(directory: Path, full_max_bytes: int, source: CheckpointPla
         return verify_model_dir(directory)
     except InputError as error:
         return Verification(kind="headers", checks={"headers_valid": False}, problems=[str(error)])
-    result = verify_headers(directory, source)
+    tokenizer = _saved_tokenizer(directory)  # loaded once for both passes (a large vocabulary takes a second)
+    result = verify_headers(directory, source, tokenizer)
     if plan.total_bytes <= full_max_bytes:
-        full = verify_model_dir(directory)
+        full = verify_model_dir(directory, tokenizer)
         for name, ok in full.checks.items():
             result.checks[name] = result.checks.get(name, True) and ok
         result.problems += [p for p in full.problems if p not in result.problems]
