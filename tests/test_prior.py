@@ -176,6 +176,36 @@ def test_fit_prior_model_recovers_a_line_per_class_and_a_numpy_reference() -> No
     np.testing.assert_allclose(model.predict(query).numpy(), expected, atol=0.02)
 
 
+def test_fit_prior_model_weighs_tokens_by_their_zipf_share_as_a_numpy_reference_does() -> None:
+    generator = torch.Generator().manual_seed(1)
+    # word starts and middles on their lines; punctuation: 300 frequent tokens on its line, and a tail of 2,000 rare
+    # ones the model never predicts (code art such as " +#+#+#+#+#+"), 12 nats below it
+    ranks = torch.cat([torch.randint(0, 100_000, (600,), generator=generator), torch.arange(300)])
+    ranks = torch.cat([ranks, torch.randint(50_000, 100_000, (2000,), generator=generator)])
+    classes = torch.cat([torch.zeros(300), torch.ones(300), torch.full((2300,), 2)]).long()
+    lengths = torch.randint(1, 10, (2900,), generator=generator)
+    lines = torch.tensor([[18.0, -1.0], [9.5, -0.5], [15.0, -1.0]], dtype=torch.float64)[classes]
+    priors = lines[:, 0] + lines[:, 1] * torch.log1p(ranks.double()) - 0.5 * torch.log(lengths.double())
+    priors[900:] -= 12.0
+    features = TokenFeatures(ranks, lengths, classes)
+    model = fit_prior_model(priors, features)
+
+    x, size = np.log1p(ranks.double().numpy()), np.log(lengths.double().numpy())
+    columns = [(classes.numpy() == c) * v for c in range(3) for v in (np.ones_like(x), x)]
+    design = np.stack([*columns, size - size.mean()], axis=1)
+    root = 1.0 / np.sqrt(1.0 + ranks.double().numpy())
+    reference = np.linalg.lstsq(design * root[:, None], priors.numpy() * root, rcond=None)[0]
+    ours = [v for c in range(3) for v in (model.intercept[c], model.slope[c])] + [model.length_slope]
+    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-8)
+
+    # the frequent punctuation a text shows keeps (nearly) its own line; an unweighted fit bends it to the tail
+    frequent = slice(600, 900)
+    ours_error = (model.predict(features.subset(np.arange(600, 900))).double() - priors[frequent]).abs().mean()
+    plain = np.linalg.lstsq(design, priors.numpy(), rcond=None)[0]
+    plain_error = np.abs(design[frequent] @ plain - priors.numpy()[frequent]).mean()
+    assert float(ours_error) < 0.5 and plain_error > 3 * float(ours_error)
+
+
 def test_plan_prior_form_fit_tells_word_middles_from_word_starts() -> None:
     priors, features, lines = _class_data()
     # two new tokens of one rank and length: a word start and a word middle

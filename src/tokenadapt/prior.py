@@ -14,10 +14,10 @@ How, without text:
    mean(h . u) = 1: adding s u to a row raises its logit by about s in every context (h . u varies by ~0.1).
 2. On the shared tokens, fit m . e ~ a_c + b_c log(1 + rank) + l log(bytes), rank = the new tokenizer's frequency
    order (merge order for BPE and WordPiece ids, score order for a unigram model), c the token's class (a word
-   start in a spaced script, a word middle, punctuation, other: `prior_classes`; `--prior-fit form`). A word
-   middle gets lower logits than a word start of the same rank (3.6 nats at rank 10k for SmolLM2 -> Qwen2), which a
-   single line through all tokens averages away. That single line, a + b log(1 + rank), is `--prior-fit rank`,
-   and it stays for the unspaced scripts (CJK, kana, Hangul) and for classes with few shared tokens.
+   start in a spaced script, a word middle, punctuation, other: `prior_classes`; `--prior-fit form`), each token
+   weighted by its Zipf share of text, 1 / (1 + rank). A word middle gets lower logits than a word start of the
+   same rank, which a single line through all tokens averages away. That single line, a + b log(1 + rank), is
+   `--prior-fit rank`, and it stays for the unspaced scripts (CJK, kana, Hangul) and for small classes.
    Where the new tokenizer's order does not predict the shared tokens' priors (r > -MIN_CORRELATION for the
    single line) nothing moves: a vocabulary in arbitrary order says nothing about frequency.
 3. Each estimated row moves by weight x (prediction - m . e) along u.
@@ -271,9 +271,13 @@ def fit_prior_model(priors: torch.Tensor, features: TokenFeatures) -> PriorModel
     """Least squares `PriorModel` of the shared tokens' priors [S] on their features.
 
     Each class with MIN_CLASS_SHARED shared tokens gets a line on log rank, and all of them one slope on log byte
-    length, fitted together. The unspaced scripts never get a line: a vocabulary extended with them (Llama-3's
-    28k tokens appended to cl100k) ranks them by when they were added, not how common they are, and a hundred
-    shared CJK tokens are too few to learn that from (docs/design.md). They and the small classes keep the rank line.
+    length, fitted together by least squares weighted by 1 / (1 + rank): Zipf's law's share of text for a token
+    of that rank, so the tokens a text shows decide the lines, not the long tail of rare ones (Gemma-3's thousands
+    of code-art tokens such as " +#+#+#+#+#+" would drag its punctuation line 3 nats below the priors of the
+    brackets and operators that code uses). The unspaced scripts never get a line: a vocabulary extended with
+    them (Llama-3's 28k tokens appended to cl100k) ranks them by when they were added, not how common they are,
+    and a hundred shared CJK tokens are too few to learn that from (docs/design.md). They and the small classes
+    keep the rank line.
 
     >>> ranks = torch.arange(1000)
     >>> classes = torch.arange(1000) % 2                      # word starts and word middles, alternating
@@ -298,7 +302,9 @@ def fit_prior_model(priors: torch.Tensor, features: TokenFeatures) -> PriorModel
         for c in groups:
             member = (features.classes[rows] == c).to(torch.float64)
             columns += [member, member * x]
-        solution = _least_squares(torch.stack([*columns, size - centre], dim=1), priors[rows].to(torch.float64))
+        root_weight = torch.rsqrt(1.0 + features.ranks[rows].to(torch.float64))  # weight 1 / (1 + rank)
+        design = torch.stack([*columns, size - centre], dim=1) * root_weight[:, None]
+        solution = _least_squares(design, priors[rows].to(torch.float64) * root_weight)
         for position, c in enumerate(groups):
             intercept[c], slope[c] = solution[2 * position], solution[2 * position + 1]
         length_slope = solution[-1]
