@@ -235,7 +235,7 @@ def token_features(vocab: Vocabulary) -> TokenFeatures:
     """The prior fit's features of every token of `vocab` ([size] each)."""
     return TokenFeatures(
         ranks=torch.from_numpy(frequency_ranks(vocab)),
-        lengths=torch.tensor([len(data or b"") for data in vocab.canonical[: vocab.size]], dtype=torch.int64),
+        lengths=torch.from_numpy(vocab.byte_lengths),
         classes=torch.from_numpy(prior_classes(vocab.canonical[: vocab.size])),
     )
 

@@ -488,10 +488,10 @@ def _method_inputs(
     real = [i for i in range(min(old_vocab.size, old_rows)) if old_vocab.canonical[i]]
     old_candidates[real] = True
     old_lengths = torch.zeros(old_rows, dtype=torch.float32)
-    old_lengths[real] = torch.tensor([float(len(old_vocab.canonical[i] or b"")) for i in real])
+    old_lengths[real] = torch.from_numpy(old_vocab.byte_lengths[real]).float()
     old_whitespace = torch.zeros(old_rows, dtype=torch.bool)
     old_whitespace[real] = torch.tensor([not (old_vocab.canonical[i] or b"x").strip() for i in real], dtype=torch.bool)
-    new_lengths = torch.tensor([float(len(new_vocab.canonical[i] or b"")) for i in new_ids.tolist()])
+    new_lengths = torch.from_numpy(new_vocab.byte_lengths[new_ids]).float()
     fields: dict[str, Any] = {}
     needs = required_needs(spec, options.fallback)  # a method that falls back also needs its fallback's inputs
     if "decomposition" in needs:

@@ -58,11 +58,6 @@ class TokenSpans:
     exact: int = 0
 
 
-def byte_lengths(vocab: Vocabulary) -> np.ndarray:
-    """[V] int64: bytes each token stands for (0 for special tokens and holes)."""
-    return np.fromiter((len(data) if data else 0 for data in vocab.canonical), dtype=np.int64, count=vocab.size)
-
-
 def _char_byte_offsets(text: str) -> np.ndarray:
     """[len(text) + 1] int64: the UTF-8 byte offset where each character starts (and the end), vectorised."""
     points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -83,7 +78,7 @@ def token_spans(vocab: Vocabulary, documents: Sequence[str], batch: int = 32) ->
         >>> spans.starts.tolist(), spans.ends.tolist()
         ([0, 3], [3, 7])
     """
-    lengths = byte_lengths(vocab)
+    lengths = vocab.byte_lengths
     ids_parts: list[np.ndarray] = []
     start_parts: list[np.ndarray] = []
     end_parts: list[np.ndarray] = []

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer as BackendTokenizer
 
 from tokenadapt.errors import InputError
@@ -149,6 +150,11 @@ class Vocabulary:
     def size(self) -> int:
         """Rows an embedding matrix needs for this vocabulary (highest id + 1)."""
         return len(self.tokens)
+
+    @cached_property
+    def byte_lengths(self) -> np.ndarray:
+        """[size] int64: bytes each token stands for (0 for special tokens and holes)."""
+        return np.fromiter((len(data) if data else 0 for data in self.canonical), dtype=np.int64, count=self.size)
 
     @cached_property
     def id_by_bytes(self) -> dict[bytes, int]:
