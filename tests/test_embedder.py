@@ -59,3 +59,36 @@ def test_an_unloadable_embedder_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="auxiliary embedder"):
         AuxEmbedder.load(tmp_path)
+
+
+def test_fast_input_keys_equal_the_tokenizer_call(tiny_embedder_dir: Path) -> None:
+    embedder = AuxEmbedder.load(tiny_embedder_dir)
+    texts = ["the cat", " The Cat", "dogs " * 40, "fox", "a much longer piece of text here"]
+    expected = embedder.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=embedder.max_length)
+    assert embedder._backend is not None  # a fast tokenizer: the Rust path is the one under test
+    assert embedder.input_keys(texts) == [tuple(ids) for ids in expected["input_ids"]]
+    assert len(embedder.input_keys(["dogs " * 40])[0]) == embedder.max_length  # truncated, special tokens kept
+
+
+def test_a_donor_lends_the_vectors_of_inputs_it_has_and_the_rest_are_encoded(
+    tiny_embedder_dir: Path, byte_level_tokenizer
+) -> None:  # type: ignore[no-untyped-def]
+    embedder = AuxEmbedder.load(tiny_embedder_dir, batch_size=4)
+    vocab = build_vocabulary(byte_level_tokenizer)
+    ids = np.array([vocab.id_by_string[s] for s in ["Ġthe", "The", "Ċ", "Ġcat", "cat"]])
+    whole = embed_vocabulary(embedder, vocab)
+    donor = embed_vocabulary(embedder, vocab, token_ids=ids[:2])  # " the" and "The": one uncased input
+    lent = embed_vocabulary(embedder, vocab, token_ids=ids, donor=donor)
+    assert lent.vectors.shape == (5, embedder.dimension) and lent.ok.tolist() == [True, True, False, True, True]
+    assert (donor.encoded, lent.lent, lent.encoded) == (1, 2, 1)  # "the"; then " the", "The"; then "cat"
+    assert torch.equal(lent.vectors[:2], donor.vectors)  # lent bit for bit
+    for row, token in enumerate(ids.tolist()):  # and every row is what embedding that token gives
+        assert torch.allclose(lent.vectors[row], whole.vectors[token], atol=1e-6)
+    again = embed_vocabulary(embedder, vocab, token_ids=ids, donor=donor)
+    assert again.from_cache and torch.equal(again.vectors, lent.vectors)
+    cached_donor = embed_vocabulary(embedder, vocab, token_ids=ids[:2])
+    assert cached_donor.from_cache and cached_donor.inputs is None  # a cached donor's inputs are read again
+    fresh = embed_vocabulary(embedder, vocab, token_ids=ids, donor=cached_donor, use_cache=False)
+    assert torch.equal(fresh.vectors, lent.vectors)
+    other = embed_vocabulary(embedder, vocab, token_ids=ids, donor=whole)
+    assert other.key != lent.key  # the donor is part of the cache key

@@ -503,15 +503,21 @@ def _method_inputs(
                 resolve_embedder(options.embedder), name=options.embedder, batch_size=options.embed_batch_size
             )
             old_aux = embed_vocabulary(embedder, old_vocab, progress=progress)
-            new_aux = embed_vocabulary(embedder, new_vocab, progress=progress)
-        index = torch.from_numpy(new_ids)
+            # the estimated tokens only: copied rows need no neighbours, and inputs the old side has are lent
+            new_aux = embed_vocabulary(embedder, new_vocab, progress=progress, token_ids=new_ids, donor=old_aux)
+            log.info(
+                "auxiliary embeddings: old %s, new %s (%d rows lent by the old side)",
+                "cached" if old_aux.from_cache else f"{old_aux.encoded} inputs encoded",
+                "cached" if new_aux.from_cache else f"{new_aux.encoded} inputs encoded",
+                new_aux.lent,
+            )
         aux_old = torch.zeros((old_rows, old_aux.vectors.shape[1]))
         aux_old_ok = torch.zeros(old_rows, dtype=torch.bool)
         usable = min(old_rows, old_vocab.size)
         aux_old[:usable], aux_old_ok[:usable] = old_aux.vectors[:usable], old_aux.ok[:usable]
         fields.update(
-            aux_new=new_aux.vectors[index],
-            aux_new_ok=new_aux.ok[index],
+            aux_new=new_aux.vectors,
+            aux_new_ok=new_aux.ok,
             aux_old=aux_old,
             aux_old_ok=aux_old_ok,
         )
