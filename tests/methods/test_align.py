@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,7 @@ def test_align_is_the_smoothed_count_weighted_mean(smoothing: float) -> None:
     # token 0 seen twice: 1.5 of old 0, 0.5 of old 1; token 1 never seen
     options = TransplantOptions(method="align", text="x", fallback="subword-mean", align_smoothing=smoothing)
     base = make_inputs(options)
-    inputs = MethodInputs(**{**base.__dict__, "text_counts": counts_for([0, 0], [0, 1], [1.5, 0.5])})
+    inputs = dataclasses.replace(base, text_counts=counts_for([0, 0], [0, 1], [1.5, 0.5]))
     estimate = get_method("align").fn(OLD, inputs)
     fallback = get_method("subword-mean").fn(OLD, inputs).rows
     expected = (1.5 * OLD[0] + 0.5 * OLD[1] + smoothing * fallback[0]) / (2 + smoothing)

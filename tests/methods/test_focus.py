@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ from tokenadapt.errors import InputError
 from tokenadapt.method_inputs import fasttext_vectors
 from tokenadapt.methods import get_method
 from tokenadapt.methods.align import token_spans
-from tokenadapt.methods.base import MethodInputs
 from tokenadapt.methods.focus import focus_weights, sparsemax
 from tokenadapt.options import TransplantOptions
 from tokenadapt.transplant import transplant
@@ -59,7 +59,7 @@ def test_focus_estimate_combines_old_rows_and_falls_back_where_no_vector() -> No
         torch.tensor([0, 1]),
         old_rows=4,
     )
-    inputs = MethodInputs(**{**base.__dict__, "focus": combo})
+    inputs = dataclasses.replace(base, focus=combo)
     estimate = get_method("focus").fn(OLD, inputs)
     assert torch.allclose(estimate.rows[0], 0.4 * OLD[0] + 0.6 * OLD[1])
     assert torch.allclose(estimate.rows[1], CANDIDATE_MEAN)

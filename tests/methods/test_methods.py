@@ -5,6 +5,7 @@ Old vocabulary: 4 tokens with 2-d embeddings; auxiliary space is 2-d too, so cos
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from tokenadapt.methods import METHODS, get_method
 from tokenadapt.methods.base import MethodInputs, SparseCombination
 from tokenadapt.methods.combine import masked_softmax, sparse_matrix
-from tokenadapt.methods.local import whitespace_tail
+from tokenadapt.methods.local import local_weights, whitespace_tail
 from tokenadapt.neighbors import Neighbors, top_k_neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.vocab.decompose import Decomposition
@@ -100,9 +101,7 @@ def test_whitespace_tail_marks_only_trailing_whitespace_after_text() -> None:
 )
 def test_local_weighs_only_the_head_of_a_token_ending_in_whitespace(options: TransplantOptions, dropped: bool) -> None:
     # token 0 = old pieces (0, 1); make old token 1 whitespace, so token 0 reads like ",\n"
-    inputs = MethodInputs(
-        **{**make_inputs(options).__dict__, "old_whitespace": torch.tensor([False, True, False, False])}
-    )
+    inputs = dataclasses.replace(make_inputs(options), old_whitespace=torch.tensor([False, True, False, False]))
     local = get_method("local").fn(OLD, inputs).rows
     paper = get_method("local").fn(OLD, make_inputs(TransplantOptions(whitespace_tail="keep"))).rows
     assert torch.allclose(local[0], OLD[0] if dropped else paper[0], atol=1e-6)
@@ -177,7 +176,7 @@ def test_every_method_handles_matrices_of_any_width_and_keeps_rows_finite() -> N
         torch.tensor([True, False]),
         torch.tensor([2.0, 0.0]),
     )
-    inputs = MethodInputs(**{**make_inputs().__dict__, "text_counts": placed, "focus": placed, "omp": placed})
+    inputs = dataclasses.replace(make_inputs(), text_counts=placed, focus=placed, omp=placed)
     bias = OLD[:, :1]  # a [V, 1] bias is estimated like any other matrix
     for name, spec in METHODS.items():
         rows = spec.fn(bias, inputs).rows
@@ -342,3 +341,12 @@ def test_a_bad_whitespace_tail_mode_is_a_clear_error() -> None:
 
     with pytest.raises(InputError, match="--whitespace-tail must be 'auto', 'drop' or 'keep'"):
         TransplantOptions(whitespace_tail="sometimes").validated()
+
+
+def test_local_weights_are_derived_once_per_inputs_and_a_replaced_copy_starts_afresh() -> None:
+    inputs = make_inputs()
+    first = local_weights(inputs)
+    assert local_weights(inputs) is first  # the prior and every column block reuse one computation
+    hotter = dataclasses.replace(inputs, options=TransplantOptions(temperature=3.0))
+    assert not torch.equal(local_weights(hotter)[1], first[1])  # other options, other weights
+    assert torch.equal(local_weights(dataclasses.replace(inputs))[1], first[1])

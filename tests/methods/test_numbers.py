@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def test_numbers_mix_the_digit_estimate_into_any_method() -> None:
     assert torch.allclose(mixed.rows[p957], expected, atol=1e-6)
     assert torch.equal(mixed.rows[position["ab"]], method_rows[position["ab"]])  # not a number: untouched
     assert mixed.paths == {"hybrid": 4, "numbers": 3}
-    assert apply_numbers(matrix, MethodInputs(**{**inputs.__dict__, "numbers": None}), mixed) is mixed
+    assert apply_numbers(matrix, dataclasses.replace(inputs, numbers=None), mixed) is mixed
 
 
 def test_numbers_option_is_validated() -> None:

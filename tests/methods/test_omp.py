@@ -14,7 +14,6 @@ from tests.conftest import save_model_dir
 from tests.methods.test_methods import OLD, make_inputs
 from tokenadapt.errors import InputError
 from tokenadapt.methods import get_method
-from tokenadapt.methods.base import MethodInputs
 from tokenadapt.methods.omp import batch_omp, omp_codes
 from tokenadapt.options import TransplantOptions
 from tokenadapt.transplant import transplant
@@ -80,7 +79,7 @@ def test_codes_apply_the_donor_coefficients_to_the_base_rows() -> None:
         candidates=0,
     )
     base = make_inputs(TransplantOptions(method="omp", donor="x", fallback="mean"))
-    estimate = get_method("omp").fn(OLD, MethodInputs(**{**base.__dict__, "omp": codes}))
+    estimate = get_method("omp").fn(OLD, dataclasses.replace(base, omp=codes))
     assert torch.allclose(estimate.rows[0], 2 * OLD[2] + 3 * OLD[0])
     assert estimate.paths == {"omp": 1, "fallback-mean": 1}
     assert codes.score[0] == 0 and torch.isinf(codes.score[1])
@@ -98,7 +97,7 @@ def test_omp_hybrid_takes_omp_only_where_the_donor_explains_the_token() -> None:
     )
     assert codes.score.tolist() == pytest.approx([3 / 13**0.5, 1 / 2**0.5])
     base = make_inputs(TransplantOptions(method="omp-hybrid", donor="x", omp_max_residual=0.75))
-    inputs = MethodInputs(**{**base.__dict__, "omp": codes})
+    inputs = dataclasses.replace(base, omp=codes)
     estimate = get_method("omp-hybrid").fn(OLD, inputs)
     hybrid = get_method("hybrid").fn(OLD, inputs).rows
     assert torch.allclose(estimate.rows[0], hybrid[0])  # residual 0.83 > 0.75

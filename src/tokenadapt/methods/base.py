@@ -11,8 +11,8 @@ input matrix, the untied head and the bias, possibly in column blocks, so it sho
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ import torch
 from tokenadapt.neighbors import Neighbors
 from tokenadapt.options import TransplantOptions
 from tokenadapt.vocab.decompose import Decomposition
+
+T = TypeVar("T")
 
 Need = Literal["decomposition", "aux", "neighbors", "text", "focus", "donor"]
 
@@ -93,10 +95,19 @@ class MethodInputs:
     omp: SparseCombination | None = None
     numbers: NumberPlan | None = None
     notes: tuple[str, ...] = ()
+    # values derived from these inputs alone (not init: a `dataclasses.replace` copy starts empty)
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def count(self) -> int:
         return int(self.new_ids.shape[0])
+
+    def derived(self, name: str, compute: Callable[[], T]) -> T:
+        """`compute()` once per inputs object: a method's weights depend on the inputs alone, and the method runs
+        once per column block of each matrix and once more for the prior calibration."""
+        if name not in self._derived:
+            self._derived[name] = compute()
+        return self._derived[name]
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,11 @@ def dropped_whitespace_tail(inputs: MethodInputs) -> torch.Tensor | None:
 
 
 def local_weights(inputs: MethodInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(piece indices [U, L], weights [U, L] summing to 1 per spelled row, spelled [U] bool)."""
+    """(piece indices [U, L], weights [U, L] summing to 1 per spelled row, spelled [U] bool), once per inputs."""
+    return inputs.derived("local_weights", lambda: _local_weights(inputs))
+
+
+def _local_weights(inputs: MethodInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     assert inputs.decomposition is not None
     pieces, mask = inputs.decomposition.pieces, inputs.decomposition.mask
     w_sem = masked_softmax(piece_cosines(inputs), mask)

@@ -31,12 +31,17 @@ FORM_WEIGHTS = torch.tensor([1.0, 1.0, 1.01, 1.01])
 
 def token_forms(canonical: Sequence[bytes | None]) -> torch.Tensor:
     """[V, 4] float one-hot form features of each token's canonical bytes (see the module docstring)."""
-    forms = torch.zeros((len(canonical), FORM_FEATURES), dtype=torch.float32)
-    for token_id, data in enumerate(canonical):
+    rows: list[int] = []
+    columns: list[int] = []
+    for token_id, data in enumerate(canonical):  # one pass of str methods; the tensor is written once at the end
         if not data:
             continue
-        forms[token_id, 0 if data.startswith(b" ") else 1] = 1.0
+        rows.append(token_id)
+        columns.append(0 if data.startswith(b" ") else 1)
         letter = next((c for c in data.decode("utf-8", errors="ignore") if c.isupper() or c.islower()), None)
         if letter is not None:
-            forms[token_id, 2 if letter.isupper() else 3] = 1.0
+            rows.append(token_id)
+            columns.append(2 if letter.isupper() else 3)
+    forms = torch.zeros((len(canonical), FORM_FEATURES), dtype=torch.float32)
+    forms[torch.tensor(rows, dtype=torch.long), torch.tensor(columns, dtype=torch.long)] = 1.0
     return forms
