@@ -252,6 +252,27 @@ def test_sampled_states_equal_a_full_forward_over_the_samples() -> None:
     assert torch.equal(tokens, again) and not torch.equal(tokens, other)
 
 
+@pytest.mark.parametrize("peek", [3, 8, 1000])
+def test_top_p_sampling_draws_from_the_nucleus_in_proportion_whatever_the_peek(
+    monkeypatch: pytest.MonkeyPatch, peek: int
+) -> None:
+    monkeypatch.setattr(prior, "NUCLEUS_PEEK", peek)  # 3: narrower than one row's nucleus, so that step sorts all
+    probs = torch.tensor(
+        [
+            [0.5, 0.3, 0.15, 0.05, 0, 0, 0, 0, 0, 0],  # nucleus at 0.85: the first three (0.5 + 0.3 <= 0.85)
+            [0.02, 0.2, 0.02, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.06],  # nucleus: all but the three smallest
+        ]
+    )
+    logits = probs.clamp(min=1e-9).log().repeat(2000, 1)
+    drawn = prior._top_p_sample(logits, 0.85, torch.Generator().manual_seed(0)).view(2000, 2)
+    counts = [torch.bincount(drawn[:, row], minlength=10).double() / 2000 for row in range(2)]
+    for row, nucleus in enumerate([[0, 1, 2], [1, 3, 4, 5, 6, 7, 8]]):
+        outside = [token for token in range(10) if token not in nucleus]
+        assert counts[row][outside].sum() == 0  # never outside the nucleus
+        expected = probs[row, nucleus].double() / probs[row, nucleus].sum()
+        assert torch.allclose(counts[row][nucleus], expected, atol=0.04)  # in proportion
+
+
 def _force_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny random models have no frequency structure to find: make the fit apply whatever it finds."""
     monkeypatch.setattr(prior, "MIN_SHARED", 1)
