@@ -120,3 +120,15 @@ def test_rows_the_int8_bound_cannot_prove_are_searched_in_float(spy_float_rows: 
     found = top_k_neighbors(queries, keys, torch.ones(2000, dtype=torch.bool), 3)
     assert torch.equal(found.indices, torch.topk(queries @ keys.T, 3, dim=1).indices)
     assert spy_float_rows == [1]  # exactly the hard row took the float32 search
+
+
+def test_int8_search_is_chosen_only_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert neighbors._use_int8(32_000, 3)
+    assert not neighbors._use_int8(500, 3)  # a narrow pool: the float32 search is as quick
+    assert not neighbors._use_int8(32_000, 20)  # a large k: too few candidates to spare
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert not neighbors._use_int8(32_000, 3)  # no oneDNN int8 GEMM to count on
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.delattr(torch, "_int_mm")
+    assert not neighbors._use_int8(32_000, 3)  # a torch without the kernel

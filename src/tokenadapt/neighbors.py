@@ -185,7 +185,7 @@ def _use_int8(pool_size: int, k_pool: int) -> bool:
     """Int8 candidates pay where the pool is wide, k small, and torch has oneDNN's int8 GEMM (x86 AVX2 or up)."""
     if INT8_SEARCH != "auto":
         return INT8_SEARCH == "on" and pool_size > CANDIDATES and k_pool <= CANDIDATES // 2
-    fast = torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
+    fast = torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"} and hasattr(torch, "_int_mm")
     return fast and pool_size >= 8 * COLUMN_BLOCK and k_pool <= CANDIDATES // 4
 
 
