@@ -241,7 +241,8 @@ def keep_freed_memory() -> bool:
 
     The auxiliary encoder allocates and frees the same activation sizes thousands of times; by default glibc maps
     each one afresh and pays its page faults again. Keeping them makes the cold embedding about 9% faster for a
-    few tens of MiB of peak memory. A no-op (False) where the C library is not glibc.
+    few tens of MiB of peak memory; `transplant` and `demo` ask for it. A no-op (False) where the C library is not
+    glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -255,9 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before torch loads: back its large CPU tensors with transparent huge pages. First-touch page faults take a
     # large share of a big transplant's time otherwise (a 128k x 4096 bf16 matrix is 262,144 faults of 4 KiB).
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.command in {"transplant", "demo"}:  # the commands that run the auxiliary encoder
+        keep_freed_memory()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.quiet:
         silence_library_progress()
