@@ -135,9 +135,20 @@ def test_tokens_ending_in_whitespace_change_alone_and_are_counted(
 def test_same_inputs_give_byte_identical_weights(
     tmp_path: Path, tied_model_dir: Path, new_tokenizer_dir: Path, tiny_embedder_dir: Path
 ) -> None:
-    for name in ("a", "b"):
-        transplant(tied_model_dir, new_tokenizer_dir, tmp_path / name, options(tiny_embedder_dir))
-    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
+    cold, warm = (
+        transplant(tied_model_dir, new_tokenizer_dir, tmp_path / name, options(tiny_embedder_dir)) for name in "ab"
+    )
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")  # the cached run writes the same bytes
+    # the first run embedded and searched; the second found all three arrays cached, and the report says which
+    aux = cold.auxiliary
+    assert aux is not None and not aux["old"]["cached"] and not aux["new"]["cached"]
+    assert aux["old"]["inputs_encoded"] > 0 and aux["new"]["tokens"] == cold.counts["estimated"]
+    assert aux["new"]["inputs_encoded"] + aux["new"]["rows_lent_by_old"] <= aux["new"]["tokens"]
+    assert aux["neighbors"] == {"cached": False, "k": 3}
+    assert warm.auxiliary is not None
+    assert warm.auxiliary["old"]["cached"] and warm.auxiliary["new"]["cached"] and warm.auxiliary["neighbors"]["cached"]
+    assert "old vocabulary cached" in warm.to_markdown() and "inputs encoded" in cold.to_markdown()
+    assert json.loads((tmp_path / "b" / REPORT_NAME).read_text())["auxiliary"] == warm.auxiliary
     for name in ("ra", "rb"):
         transplant(
             tied_model_dir,

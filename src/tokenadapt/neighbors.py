@@ -33,6 +33,7 @@ class Neighbors:
 
     indices: torch.Tensor
     similarities: torch.Tensor
+    from_cache: bool = False
 
 
 def top_k_neighbors(

@@ -88,6 +88,7 @@ class TransplantResult:
     prior: dict[str, Any] | None = None
     whitespace_tail_rows: int | None = None  # None: --whitespace-tail keep (or a method without local estimates)
     neighbor_form: dict[str, Any] | None = None  # None: a method without global neighbours
+    auxiliary: dict[str, Any] | None = None  # None: a method without auxiliary embeddings
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +111,8 @@ class TransplantResult:
         lines.append(f"Whitespace tails: {whitespace_tail_summary(self.whitespace_tail_rows)}.")
         if self.neighbor_form is not None:
             lines.append(f"Neighbour form: {neighbor_form_summary(self.neighbor_form)}.")
+        if self.auxiliary is not None:
+            lines.append(f"Auxiliary embeddings ({self.auxiliary['embedder']}): {auxiliary_summary(self.auxiliary)}.")
         files = self.model.get("files")
         lines.append(
             f"Checkpoint: {self.model.get('io_note', self.model.get('io'))}"
@@ -261,6 +264,7 @@ def transplant(
             prior=prior_report,
             whitespace_tail_rows=_whitespace_tail_rows(inputs, spec),
             neighbor_form=_neighbor_form_report(inputs),
+            auxiliary=inputs.aux_report,
         )
         if options.verify:
             log.info("verifying the written directory")
@@ -444,6 +448,27 @@ def neighbor_form_summary(report: dict[str, Any]) -> str:
     )
 
 
+def auxiliary_summary(report: dict[str, Any]) -> str:
+    """What the embedding and the neighbour search computed, and what they found cached: the cold-or-warm story
+    behind the embed and neighbors times."""
+    old, new = report["old"], report["new"]
+    parts = [
+        "old vocabulary " + ("cached" if old["cached"] else f"{old['inputs_encoded']:,} inputs encoded"),
+        f"{new['tokens']:,} new tokens "
+        + (
+            "cached"
+            if new["cached"]
+            else f"{new['inputs_encoded']:,} inputs encoded, {new['rows_lent_by_old']:,} "
+            "rows lent by the old vocabulary"
+        ),
+    ]
+    if "neighbors" in report:
+        parts.append(
+            f"top-{report['neighbors']['k']} neighbours " + ("cached" if report["neighbors"]["cached"] else "searched")
+        )
+    return "; ".join(parts)
+
+
 def _neighbor_form_report(inputs: MethodInputs) -> dict[str, Any] | None:
     """How often the global neighbours share their new token's word start and case; None without neighbours."""
     if inputs.neighbors is None or inputs.forms is None:
@@ -505,12 +530,16 @@ def _method_inputs(
             old_aux = embed_vocabulary(embedder, old_vocab, progress=progress)
             # the estimated tokens only: copied rows need no neighbours, and inputs the old side has are lent
             new_aux = embed_vocabulary(embedder, new_vocab, progress=progress, token_ids=new_ids, donor=old_aux)
-            log.info(
-                "auxiliary embeddings: old %s, new %s (%d rows lent by the old side)",
-                "cached" if old_aux.from_cache else f"{old_aux.encoded} inputs encoded",
-                "cached" if new_aux.from_cache else f"{new_aux.encoded} inputs encoded",
-                new_aux.lent,
-            )
+            fields["aux_report"] = {
+                "embedder": options.embedder,
+                "old": {"cached": old_aux.from_cache, "inputs_encoded": old_aux.encoded},
+                "new": {
+                    "tokens": int(new_ids.shape[0]),
+                    "cached": new_aux.from_cache,
+                    "inputs_encoded": new_aux.encoded,
+                    "rows_lent_by_old": new_aux.lent,
+                },
+            }
         aux_old = torch.zeros((old_rows, old_aux.vectors.shape[1]))
         aux_old_ok = torch.zeros(old_rows, dtype=torch.bool)
         usable = min(old_rows, old_vocab.size)
@@ -527,7 +556,7 @@ def _method_inputs(
                 form_key = f"|forms {bonus!r} {FORM_WEIGHTS.tolist()}" if bonus else ""
                 cache_key = f"{old_aux.key}|{new_aux.key}|{options.top_k}{form_key}"
                 wanted, offered = fields["forms"] = _neighbor_forms(old_vocab, new_vocab, new_ids, old_rows)
-                fields["neighbors"] = cached_neighbors(
+                fields["neighbors"] = found = cached_neighbors(
                     fields["aux_new"],
                     aux_old,
                     old_candidates & aux_old_ok,
@@ -538,6 +567,7 @@ def _method_inputs(
                     (wanted, offered * FORM_WEIGHTS) if bonus else None,
                     bonus,
                 )
+                fields["aux_report"]["neighbors"] = {"cached": found.from_cache, "k": options.top_k}
     context = Context(old_vocab, new_vocab, alignment, new_ids, old_candidates, options, timings, progress)
     fields.update(extra_inputs(needs, context))  # text, FOCUS, donor and number-token inputs, with report notes
     return MethodInputs(
@@ -580,7 +610,7 @@ def cached_neighbors(
     ids_path, sims_path = (cache_path("neighbors", f"{digest}-{part}.npy") for part in ("ids", "sims"))
     ids, sims = read_checked_array(ids_path), read_checked_array(sims_path)
     if ids is not None and sims is not None and ids.shape == sims.shape == (queries.shape[0], k):
-        return Neighbors(indices=torch.from_numpy(ids), similarities=torch.from_numpy(sims))
+        return Neighbors(indices=torch.from_numpy(ids), similarities=torch.from_numpy(sims), from_cache=True)
     wanted, offered = forms if forms is not None else (None, None)
     found = top_k_neighbors(
         queries, keys, eligible, k, progress=progress, query_forms=wanted, key_forms=offered, form_bonus=form_bonus

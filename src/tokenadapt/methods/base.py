@@ -75,6 +75,7 @@ class MethodInputs:
       residual in donor space).
     - `numbers`: the number-token plan applied on top of any method (`--numbers auto`), or None.
     - `notes`: what the report should warn about (e.g. new tokens a text never showed).
+    - `aux_report`: what the auxiliary embedding and the neighbour search computed and what came from the cache.
     """
 
     new_ids: np.ndarray
@@ -95,6 +96,7 @@ class MethodInputs:
     omp: SparseCombination | None = None
     numbers: NumberPlan | None = None
     notes: tuple[str, ...] = ()
+    aux_report: dict[str, Any] | None = None
     # values derived from these inputs alone (not init: a `dataclasses.replace` copy starts empty)
     _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
