@@ -240,7 +240,7 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep freed blocks of up to 32 MiB for reuse instead of handing them back to the kernel.
 
     The auxiliary encoder allocates and frees the same activation sizes thousands of times; by default glibc maps
-    each one afresh and pays its page faults again. Keeping them makes the cold embedding about 9% faster for a
+    each one afresh and pays its page faults again. Keeping them makes the cold embedding about 10% faster for a
     few tens of MiB of peak memory; `transplant` and `demo` ask for it. A no-op (False) where the C library is not
     glibc.
     """
