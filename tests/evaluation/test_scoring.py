@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import tiny_llama
 from tokenadapt.errors import InputError
-from tokenadapt.evaluation.scoring import encode_with_byte_ends, score_text, wants_bos, windows
+from tokenadapt.evaluation.scoring import encode_with_byte_ends, score_text, sequence_losses, wants_bos, windows
 from tokenadapt.options import EvalOptions
 
 TEXT = "The cat sat on the mat. Der Hund schläft. 日本語のテスト。"
@@ -44,6 +45,30 @@ def test_with_bos_every_token_and_byte_is_scored(metaspace_tokenizer) -> None:  
     assert score.scored_bytes == len(TEXT.encode())
     expected = hand_nll(model, [metaspace_tokenizer.bos_token_id, *ids])
     assert score.nll == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("context, stride", [(8, 4), (256, 255)])
+def test_sequence_losses_give_each_position_and_its_rival(byte_level_tokenizer, context: int, stride: int) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_llama(len(byte_level_tokenizer))
+    ids = byte_level_tokenizer(TEXT, add_special_tokens=False).input_ids
+    sequence = torch.tensor(ids)
+    rivals = torch.full_like(sequence, -1)
+    rivals[2::3] = (sequence[2::3] + 7) % len(byte_level_tokenizer)  # some other id at every third position
+    rivals[4] = sequence[4]  # the target itself: its rival nll is its own nll
+    options = EvalOptions(context=context, stride=stride, bos="never")
+    nll, rival_nll = sequence_losses(model, sequence, 1, options, alternatives=rivals)
+    assert rival_nll is not None
+    assert nll[0] == 0.0 and nll.sum() == pytest.approx(score_text(model, byte_level_tokenizer, TEXT, options).nll)
+    assert rival_nll[4] == pytest.approx(nll[4])
+    assert np.isnan(rival_nll[rivals.numpy() < 0]).all()
+    if context == 256:  # one pass: every figure equals a hand computation on the whole prefix
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=sequence[None]).logits[0].double(), dim=-1)
+        for p in range(1, len(ids)):
+            assert nll[p] == pytest.approx(-float(log_probs[p - 1, ids[p]]), rel=1e-4)
+            if rivals[p] >= 0:
+                assert rival_nll[p] == pytest.approx(-float(log_probs[p - 1, rivals[p]]), rel=1e-4)
+    assert sequence_losses(model, sequence, 1, options)[1] is None
 
 
 @pytest.mark.parametrize("context, stride", [(8, 3), (8, 7), (16, 16), (5, 1)])

@@ -165,13 +165,7 @@ def score_text(
             f"The tokenizer emits id {int(sequence.max())} but the model has only {rows} embedding rows.",
             "The model and tokenizer do not belong together: pass the tokenizer saved with the model.",
         )
-    spans = windows(sequence.numel(), first_scored, options.context, options.stride)
-    token_nll = np.zeros(sequence.numel(), dtype=np.float64)
-    for start, end, first in tqdm(spans, desc="score", unit="win", disable=not progress):
-        keep = end - first + 1  # logits for the positions that predict the scored targets (and one more)
-        logits = _forward_logits(model, sequence[start:end].unsqueeze(0), keep)[0, -keep:-1]
-        targets = sequence[first:end]
-        token_nll[first:end] = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").numpy()
+    token_nll, _ = sequence_losses(model, sequence, first_scored, options, progress=progress)
     nll = float(token_nll.sum())
     # sequence position p holds text token p - bos; credit it to the document that holds its last byte
     scored_ends = byte_ends[np.arange(first_scored, sequence.numel()) - int(bos)]
@@ -192,6 +186,39 @@ def score_text(
         document_nll=tuple(float(x) for x in document_nll),
         document_tokens=tuple(int(x) for x in document_tokens),
     )
+
+
+@torch.inference_mode()
+def sequence_losses(
+    model: Any,
+    sequence: torch.Tensor,
+    first_scored: int,
+    options: EvalOptions,
+    alternatives: torch.Tensor | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per position, the nll [T] of `sequence` [T] (zero before `first_scored`), windowed as the module says.
+
+    `alternatives` [T] (optional) names a second id per position, -1 for none: its nll comes back too, at the
+    same positions, so an analysis can ask how much probability went to a rival of the target (NaN where none).
+
+    >>> nll, rival = sequence_losses(model, torch.tensor([5, 9, 2]), 1, EvalOptions(), torch.tensor([-1, 4, -1]))
+    >>> nll.shape, float(rival[1]) > 0, np.isnan(rival[2])   # ((3,), True, True)
+    """
+    spans = windows(sequence.numel(), first_scored, options.context, options.stride)
+    token_nll = np.zeros(sequence.numel(), dtype=np.float64)
+    rival_nll = None if alternatives is None else np.full(sequence.numel(), np.nan, dtype=np.float64)
+    for start, end, first in tqdm(spans, desc="score", unit="win", disable=not progress):
+        keep = end - first + 1  # logits for the positions that predict the scored targets (and one more)
+        logits = _forward_logits(model, sequence[start:end].unsqueeze(0), keep)[0, -keep:-1].float()
+        targets = sequence[first:end]
+        token_nll[first:end] = torch.nn.functional.cross_entropy(logits, targets, reduction="none").numpy()
+        if alternatives is not None and rival_nll is not None:
+            rivals = alternatives[first:end]
+            named = rivals >= 0
+            log_probs = torch.log_softmax(logits[named], dim=-1)
+            rival_nll[first:end][named.numpy()] = -log_probs.gather(1, rivals[named, None])[:, 0].numpy()
+    return token_nll, rival_nll
 
 
 def _forward_logits(model: Any, input_ids: torch.Tensor, keep: int) -> torch.Tensor:
