@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -75,6 +76,7 @@ def test_transplant_via_cli_writes_a_model(
         ("out-is-embedder", "input"),
         ("bad-option", "--temperature"),
         ("unknown-method", "must be one of hybrid, local"),
+        ("out-parent-is-file", "is a file, not a directory"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_nothing_is_touched(
@@ -105,6 +107,9 @@ def test_bad_input_is_one_clear_error_and_nothing_is_touched(
         extra += ["--temperature", "0"]
     elif case == "unknown-method":
         extra += ["--method", "magic"]
+    elif case == "out-parent-is-file":
+        (tmp_path / "notes.txt").write_text("mine")
+        out = tmp_path / "notes.txt" / "out"
     before, embedder_before = tree_digest(tied_model_dir), tree_digest(tiny_embedder_dir)
     code, stdout, stderr = run_cli(capsys, "-q", "transplant", model, tokenizer, str(out), *extra)
     assert code == 2
@@ -114,6 +119,8 @@ def test_bad_input_is_one_clear_error_and_nothing_is_touched(
     assert tree_digest(tiny_embedder_dir) == embedder_before
     if case == "existing-out":
         assert (out / "mine.txt").read_text() == "keep me"
+    elif case == "out-parent-is-file":
+        assert (tmp_path / "notes.txt").read_text() == "mine"
     else:
         assert not out.exists() or out in (tied_model_dir, tiny_embedder_dir)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
@@ -139,6 +146,35 @@ def test_a_failure_during_writing_leaves_no_output(
     )  # fmt: skip
     assert code == 2 and "disk" in stderr and "full" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new-tokenizer", "tied-model"]
+
+
+def test_an_input_this_user_may_not_read_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tied_model_dir: Path,
+    new_tokenizer_dir: Path,
+) -> None:
+    """Permissions cannot be tested through chmod when the suite runs as root, so the refusal is simulated."""
+    import tokenadapt.zoo.models as models
+
+    def unreadable(folder: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(folder / "config.json"))
+
+    monkeypatch.setattr(models, "_require_config", unreadable)
+    code, stdout, stderr = run_cli(
+        capsys,
+        "-q",
+        "transplant",
+        str(tied_model_dir),
+        str(new_tokenizer_dir),
+        str(tmp_path / "out"),
+        "--method",
+        "mean",
+    )
+    assert code == 2 and stdout == "" and "Traceback" not in stderr
+    assert stderr.startswith("error: Permission denied: ") and str(tied_model_dir / "config.json") in stderr
+    assert "readable" in stderr and not (tmp_path / "out").exists()
 
 
 def test_a_model_without_input_embeddings_is_a_clear_error() -> None:

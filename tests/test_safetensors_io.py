@@ -116,6 +116,24 @@ def test_broken_files_are_clear_errors(tmp_path: Path, damage: object, message: 
     assert "re-download" in str(caught.value)
 
 
+def test_a_config_that_cannot_be_read_is_told_apart_from_a_corrupt_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
+
+    def refused(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))  # chmod cannot refuse root, who runs CI
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "read_text", refused)
+        with pytest.raises(InputError, match="Cannot read the model config") as caught:
+            plan_checkpoint(tmp_path)
+    assert "may read it" in str(caught.value) and "corrupted" not in str(caught.value)
+    with pytest.raises(InputError, match="cannot be read as JSON") as caught:
+        plan_checkpoint(tmp_path)
+    assert "re-download" in str(caught.value)
+
+
 def test_link_or_copy(tmp_path: Path) -> None:
     source = tmp_path / "a.bin"
     source.write_bytes(b"weights")

@@ -268,8 +268,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenAdaptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except PermissionError as error:  # an input or a cache file this user may not read: the environment, not a bug
+        print(
+            f"error: Permission denied: {error.filename or error}. Make it readable for this user (or copy it "
+            "somewhere you can read and pass that); nothing was written and the inputs are untouched.",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was written, inputs are untouched.", file=sys.stderr)
+        print(
+            "interrupted: nothing was written and the inputs are untouched; run the same command again to start over.",
+            file=sys.stderr,
+        )
         return 130
 
 

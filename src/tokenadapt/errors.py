@@ -2,7 +2,8 @@
 
 Every problem a user can cause (a bad path, a tokenizer that does not parse, an output that exists) is raised as a
 `TokenAdaptError` whose message names the problem and the fix in one paragraph. The CLI prints that message and
-exits non-zero without a traceback; anything else reaching the CLI is a bug and keeps its traceback.
+exits non-zero without a traceback. A `PermissionError` (an input this user may not read) is treated the same
+way by the CLI; anything else reaching it is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -120,7 +120,12 @@ class CheckpointPlan:
 def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except OSError as error:
+        raise InputError(
+            f"Cannot read the {what} {path}: {error.strerror or error}.",
+            "Check the path, and that this user may read it.",
+        ) from error
+    except (UnicodeDecodeError, ValueError) as error:
         raise InputError(
             f"The {what} {path} cannot be read as JSON ({error}).",
             "The file is truncated or corrupted: re-download or re-save the model.",

@@ -53,6 +53,8 @@ def check_output_path(out: Path, inputs: Sequence[Path], overwrite: bool) -> Pat
         raise OutputError(
             f"The parent directory of OUT ({parent}) does not exist.", "Create it first, or fix the path."
         )
+    if not parent.is_dir():
+        raise OutputError(f"OUT's parent {parent} is a file, not a directory.", "Choose an OUT inside a directory.")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"Cannot write in {parent}.", "Choose an OUT in a directory you can write to.")
     return out
@@ -110,7 +112,10 @@ def staged_output(out: Path, inputs: Sequence[Path] = (), overwrite: bool = Fals
     """Yield a temporary directory beside OUT; move it to OUT only when the block completes."""
     clean_stale_partials(out.expanduser().resolve())  # first: it may put back an OUT lost mid-overwrite
     out = check_output_path(out, inputs, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as error:  # os.access said yes, the file system says no (read-only mount, /proc, quota)
+        raise _write_error(error, out, where=out.parent) from error
     locks = [_hold_lock(tmp)]
     try:
         yield tmp
@@ -124,14 +129,30 @@ def staged_output(out: Path, inputs: Sequence[Path] = (), overwrite: bool = Fals
         else:
             os.replace(tmp, out)
     except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise OutputError(
-                f"The disk holding {out.parent} is full.",
-                "Free some space or choose OUT on another disk; nothing was written.",
-            ) from error
+        if error.errno in _ENVIRONMENT_ERRNOS:
+            raise _write_error(error, out) from error
         raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         for fd in locks:
             os.close(fd)
+
+
+# errors that say something about the disk or the permissions where OUT goes, not about tokenadapt
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _write_error(error: OSError, out: Path, where: Path | None = None) -> OutputError:
+    """The user-facing form of an OSError met while writing OUT: what failed, where, and what to do."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"The disk holding {out.parent} is full (or your quota on it is).",
+            "Free some space or choose OUT on another disk; nothing was written.",
+        )
+    where = where or error.filename or out.parent
+    return OutputError(
+        f"Making OUT failed: {error.strerror or error} ({where}).",
+        f"Check that every input is readable and that you can write in {out.parent} (or choose another OUT); "
+        "nothing was written and the inputs are untouched.",
+    )

@@ -272,7 +272,9 @@ def _sniff_file(path: Path) -> TokenizerFormat:
         with open(path, "rb") as handle:
             head = handle.read(_SNIFF_BYTES)
     except OSError as error:
-        raise InputError(f"Cannot read the tokenizer file {path}: {error}.", "Check the path.") from error
+        raise InputError(
+            f"Cannot read the tokenizer file {path}: {error}.", "Check the path, and that this user may read it."
+        ) from error
     if not head.strip():
         raise InputError(f"The tokenizer file {path} is empty.", "Re-download or re-save the tokenizer.")
     if head.startswith(GGUF_MAGIC):
