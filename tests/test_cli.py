@@ -42,6 +42,21 @@ def test_flags_and_defaults_come_from_the_options_object() -> None:
     assert args.top_k == 5 and args.verify is False
 
 
+@pytest.mark.parametrize(
+    "argv, quiet, verbose",
+    [
+        (["-q", "transplant", "m", "t", "out"], True, False),
+        (["transplant", "m", "t", "out", "--quiet"], True, False),
+        (["-v", "eval", "m", "-q"], True, True),
+        (["list", "-v"], False, True),
+        (["transplant", "m", "t", "out"], False, False),
+    ],
+)
+def test_verbose_and_quiet_work_before_and_after_the_command(argv: list[str], quiet: bool, verbose: bool) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.quiet, args.verbose) == (quiet, verbose)
+
+
 def test_transplant_via_cli_writes_a_model(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,

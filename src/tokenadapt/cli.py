@@ -56,11 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenadapt", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    commands = parser.add_subparsers(dest="command", required=True)
+    # the same flags after the command name too; SUPPRESS keeps an absent one from undoing the top-level one
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each stage")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    subparsers = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("list", help="built-in models, tokenizers, embedders, texts and methods, and what is cached")
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], **kwargs)
 
-    t = commands.add_parser("transplant", help="move a model onto a new tokenizer, zero-shot")
+    add_command("list", help="built-in models, tokenizers, embedders, texts and methods, and what is cached")
+
+    t = add_command("transplant", help="move a model onto a new tokenizer, zero-shot")
     t.add_argument("model", help="built-in name, model directory, .gguf file or Hub id")
     t.add_argument(
         "tokenizer",
@@ -69,31 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("out", type=Path, help="output directory (must not exist unless --overwrite)")
     add_dataclass_flags(t, TransplantOptions)
 
-    e = commands.add_parser("eval", help="bits per byte, perplexity and compression on texts")
+    e = add_command("eval", help="bits per byte, perplexity and compression on texts")
     e.add_argument("model", help="built-in name, model directory, .gguf file or Hub id")
     e.add_argument("--reference", help="a model to compare with (usually the original)")
     e.add_argument("--text", action="append", help="built-in text name or local path (repeatable; default wiki-en)")
     e.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     add_dataclass_flags(e, EvalOptions)
 
-    v = commands.add_parser(
+    v = add_command(
         "verify", help="check a model directory (shapes, special ids, ties, finite values; reload and score if small)"
     )
     v.add_argument("directory", type=Path)
     add_dataclass_flags(v, VerifyOptions)
 
-    r = commands.add_parser("tokenizer-report", help="compression, speed and vocabulary use of tokenizers on texts")
+    r = add_command("tokenizer-report", help="compression, speed and vocabulary use of tokenizers on texts")
     r.add_argument("tokenizers", nargs="+", help="built-in names or tokenizer dirs/files")
     r.add_argument("--text", action="append", help="built-in text name or local path (repeatable; default wiki-en)")
     r.add_argument("--max-bytes", type=int, default=0, help="use only the first N bytes of each text (0 = all)")
     r.add_argument("--json", type=Path, help="also write the report as JSON to this file")
 
-    tt = commands.add_parser("train-tokenizer", help="learn a BPE, supertoken or SuperBPE tokenizer from text")
+    tt = add_command("train-tokenizer", help="learn a BPE, supertoken or SuperBPE tokenizer from text")
     tt.add_argument("--text", action="append", required=True, help="built-in text name or local path (repeatable)")
     tt.add_argument("--out", type=Path, required=True, help="output tokenizer directory")
     add_dataclass_flags(tt, TrainTokenizerOptions)
 
-    h = commands.add_parser(
+    h = add_command(
         "heal", help="train a transplanted model's new embedding rows (body frozen) on text; held-out before/after"
     )
     h.add_argument("model", help="a transplanted model directory (or any model with --rows all)")
@@ -101,13 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--text", action="append", required=True, help="built-in text name or local path (repeatable)")
     add_dataclass_flags(h, HealOptions)
 
-    b = commands.add_parser("bench", help="a resumable matrix of models x tokenizers x methods, scored on texts")
+    b = add_command("bench", help="a resumable matrix of models x tokenizers x methods, scored on texts")
     add_dataclass_flags(b, BenchOptions)
     b.add_argument("--json", type=Path, help="write every cell's figures to this file")
     b.add_argument("--markdown", type=Path, help="write the tables to this Markdown file")
     b.add_argument("--plots", type=Path, help="write one PNG per model and target into this folder")
 
-    d = commands.add_parser("demo", help=f"transplant {DEMO_MODEL} onto {DEMO_TOKENIZER} and compare before/after")
+    d = add_command("demo", help=f"transplant {DEMO_MODEL} onto {DEMO_TOKENIZER} and compare before/after")
     d.add_argument("--method", default=TransplantOptions.method, help="method to demonstrate")
     return parser
 
