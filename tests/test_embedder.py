@@ -92,3 +92,19 @@ def test_a_donor_lends_the_vectors_of_inputs_it_has_and_the_rest_are_encoded(
     assert torch.equal(fresh.vectors, lent.vectors)
     other = embed_vocabulary(embedder, vocab, token_ids=ids, donor=whole)
     assert other.key != lent.key  # the donor is part of the cache key
+
+
+def test_two_embedders_with_equal_sizes_have_different_fingerprints(tmp_path: Path, tiny_embedder_dir: Path) -> None:
+    """Two fine-tunes of one base share every size; sharing a cache key would give one the other's vectors."""
+    import shutil
+
+    from tokenadapt.embedder import _fingerprint
+
+    other = tmp_path / "fine-tuned"
+    shutil.copytree(tiny_embedder_dir, other)
+    assert _fingerprint(other) == _fingerprint(tiny_embedder_dir)
+    weights = other / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one weight changes, the size does not
+    weights.write_bytes(bytes(data))
+    assert _fingerprint(other) != _fingerprint(tiny_embedder_dir)

@@ -17,6 +17,7 @@ from tokenadapt.errors import InputError
 from tokenadapt.options import TransplantOptions
 from tokenadapt.transplant import REPORT_NAME, transplant
 from tokenadapt.vocab import Assignment, align_vocabularies, build_vocabulary
+from tokenadapt.zoo.cache import sha256_tree
 
 
 def options(embedder: Path, **overrides: object) -> TransplantOptions:
@@ -148,7 +149,12 @@ def test_same_inputs_give_byte_identical_weights(
     assert warm.auxiliary is not None
     assert warm.auxiliary["old"]["cached"] and warm.auxiliary["new"]["cached"] and warm.auxiliary["neighbors"]["cached"]
     assert "old vocabulary cached" in warm.to_markdown() and "inputs encoded" in cold.to_markdown()
-    assert json.loads((tmp_path / "b" / REPORT_NAME).read_text())["auxiliary"] == warm.auxiliary
+    report = json.loads((tmp_path / "b" / REPORT_NAME).read_text())
+    assert report["auxiliary"] == warm.auxiliary
+    # every input is pinned by content: a local model folder and the embedder by their files' digest
+    assert aux["embedder_sha256"] == warm.auxiliary["embedder_sha256"] == sha256_tree(tiny_embedder_dir)
+    assert report["model"]["sha256"] == sha256_tree(tied_model_dir) and "folder" in report["model"]["sha256_of"]
+    assert report["tokenizer"]["sha256"] is not None
     for name in ("ra", "rb"):
         transplant(
             tied_model_dir,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tokenadapt.errors import InputError
 from tokenadapt.vocab.canonical import Vocabulary
-from tokenadapt.zoo.cache import cache_path, read_checked_array, write_checked_array
+from tokenadapt.zoo.cache import cache_path, read_checked_array, remembered_sha256, write_checked_array
 
 InputKey = tuple[int, ...]  # the embedder's token ids for one text
 
@@ -122,13 +122,17 @@ class AuxEmbedder:
 
 
 def _fingerprint(path: Path) -> str:
-    """Identity of an embedder: its config and tokenizer files plus the sizes of its weight files."""
+    """Identity of an embedder: the content of its config, tokenizer and weight files.
+
+    Weights are hashed by content (remembered per file, so only a new or changed file is read): two fine-tunes of
+    one base model have the same sizes, and sharing a cache entry would give one the other's vectors.
+    """
     digest = hashlib.sha256()
     for file in sorted(path.iterdir()):
         if file.suffix in {".json", ".txt"}:
             digest.update(file.name.encode() + file.read_bytes())
         elif file.suffix in {".safetensors", ".bin"}:
-            digest.update(f"{file.name}:{file.stat().st_size}".encode())
+            digest.update(f"{file.name}:{remembered_sha256(file)}".encode())
     return digest.hexdigest()[:16]
 
 

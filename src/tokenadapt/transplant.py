@@ -57,7 +57,7 @@ from tokenadapt.vocab import (
 from tokenadapt.vocab.decompose import decompose
 from tokenadapt.vocab.forms import FORM_FEATURES, FORM_WEIGHTS, token_forms
 from tokenadapt.zoo import resolve_embedder, resolve_model
-from tokenadapt.zoo.cache import cache_path, read_checked_array, write_checked_array
+from tokenadapt.zoo.cache import cache_path, read_checked_array, sha256_tree, write_checked_array
 
 log = logging.getLogger("tokenadapt")
 REPORT_NAME = "transplant_report.json"
@@ -156,6 +156,8 @@ def transplant(
             protected.append(Path(options.embedder))
         check_output_path(out_path, protected, options.overwrite)
         plan, io_note = choose_checkpoint_io(resolved_model.path, options.checkpoint_io)
+    with timings.stage("hash"):  # a built-in's source file is pinned already; a folder is hashed (remembered)
+        model_sha256 = resolved_model.sha256 or sha256_tree(resolved_model.path)
     with timings.stage("load"):
         old_tokenizer = load_tokenizer(resolved_model.path)
         new_tokenizer = load_tokenizer(resolved_tokenizer)
@@ -199,7 +201,8 @@ def transplant(
     model_info: dict[str, Any] = {
         "name": resolved_model.name,
         "path": str(resolved_model.path),
-        "sha256": resolved_model.sha256,
+        "sha256": model_sha256,
+        "sha256_of": "the source file" if resolved_model.sha256 else "the folder's files (zoo.cache.sha256_tree)",
         "builtin": resolved_model.builtin,
         "architecture": architecture,
         "io": "in-memory" if plan is None else "file-level",
@@ -524,14 +527,14 @@ def _method_inputs(
             fields["decomposition"] = decompose(old_vocab, new_vocab, new_ids, old_rows, progress)
     if "aux" in needs:
         with timings.stage("embed"):
-            embedder = AuxEmbedder.load(
-                resolve_embedder(options.embedder), name=options.embedder, batch_size=options.embed_batch_size
-            )
+            embedder_path = resolve_embedder(options.embedder)
+            embedder = AuxEmbedder.load(embedder_path, name=options.embedder, batch_size=options.embed_batch_size)
             old_aux = embed_vocabulary(embedder, old_vocab, progress=progress)
             # the estimated tokens only: copied rows need no neighbours, and inputs the old side has are lent
             new_aux = embed_vocabulary(embedder, new_vocab, progress=progress, token_ids=new_ids, donor=old_aux)
             fields["aux_report"] = {
                 "embedder": options.embedder,
+                "embedder_sha256": sha256_tree(embedder_path),
                 "old": {"cached": old_aux.from_cache, "inputs_encoded": old_aux.encoded},
                 "new": {
                     "tokens": int(new_ids.shape[0]),
