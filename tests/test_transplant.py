@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -272,3 +273,24 @@ def test_neighbour_form_changes_only_global_neighbours_and_auto_leaves_other_met
     line = f"Neighbour form: matched (+0.5 per shared form); {forms['global-match']['same_word_start']:.0%}"
     assert line in runs["global-match"].to_markdown()
     assert line in (tmp_path / "global-match" / "README.md").read_text()
+
+
+def test_a_model_folder_is_hashed_unless_too_big_or_turned_off(
+    tied_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tokenadapt.transplant as pipeline
+    from tokenadapt.zoo.models import ResolvedModel
+
+    folder = ResolvedModel("m", tied_model_dir, builtin=False, sha256=None, bos_policy="tokenizer")
+    digest, of = pipeline.model_digest(folder, "auto")
+    assert digest == sha256_tree(tied_model_dir) and "folder" in of
+    assert pipeline.model_digest(folder, "off") == (
+        None,
+        "not computed (--hash-inputs off); --hash-inputs on hashes it",
+    )
+    monkeypatch.setattr(pipeline, "HASH_AUTO_MAX_BYTES", 1000)  # the tiny model's files are larger than this
+    digest, of = pipeline.model_digest(folder, "auto")
+    assert digest is None and "over --hash-inputs auto's" in of
+    assert pipeline.model_digest(folder, "on")[0] == sha256_tree(tied_model_dir)
+    pinned = dataclasses.replace(folder, sha256="ab" * 32)  # a built-in's or a .gguf's source file
+    assert pipeline.model_digest(pinned, "off") == ("ab" * 32, "the source file")

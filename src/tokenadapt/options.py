@@ -44,6 +44,11 @@ class TransplantOptions:
     pad_to_multiple_of: int = _opt(1, "pad the embedding rows to a multiple of this (1 = no padding)")
     seed: int = _opt(0, "random seed (used by the 'random' method)")
     embed_batch_size: int = _opt(512, "auxiliary-embedder batch size")
+    hash_inputs: str = _opt(
+        "auto",
+        "sha256 of a local or Hub model folder's files for the report: 'auto' up to 4 GiB of files (about 1 s per "
+        "GB, remembered per file until it changes), 'on' at any size, 'off' never (the report then says so)",
+    )
     overwrite: bool = _opt(False, "replace OUT if it exists")
     verify: bool = _opt(True, "check the output before moving it into place")
     full_verify_max_gb: float = _opt(
@@ -144,6 +149,7 @@ class TransplantOptions:
             (self.embed_batch_size >= 1, "--embed-batch-size must be at least 1"),
             (self.full_verify_max_gb >= 0, "--full-verify-max-gb must be 0 or more"),
             (self.checkpoint_io in CHECKPOINT_IO, f"--checkpoint-io must be one of {', '.join(CHECKPOINT_IO)}"),
+            (self.hash_inputs in ("auto", "on", "off"), "--hash-inputs must be 'auto', 'on' or 'off'"),
             (self.text_max_bytes >= 0, "--text-max-bytes must be 0 (all) or more"),
             (self.align_smoothing >= 0, "--align-smoothing must be 0 or more"),
             (self.focus_dim >= 1 and self.focus_epochs >= 1, "--focus-dim and --focus-epochs must be at least 1"),
@@ -255,6 +261,11 @@ class TrainTokenizerOptions:
     eos_token: str = _opt("</s>", "end-of-sequence token ('' for none)")
     pad_token: str = _opt("<pad>", "padding token ('' for none)")
     unk_token: str = _opt("<unk>", "unknown token ('' for none; byte-level tokenizers never emit it)")
+    hash_inputs: str = _opt(
+        "auto",
+        "sha256 of a local or Hub model folder's files for the report: 'auto' up to 4 GiB of files (about 1 s per "
+        "GB, remembered per file until it changes), 'on' at any size, 'off' never (the report then says so)",
+    )
     overwrite: bool = _opt(False, "replace OUT if it exists")
 
     @property
@@ -435,6 +446,11 @@ class HealOptions:
     max_train_bytes: int = _opt(2_000_000, "train on at most this many UTF-8 bytes of each text (0 = all)")
     split: str = _opt("dev", "split of built-in texts to heal on (dev keeps test unseen by `eval` and the benchmark)")
     seed: int = _opt(0, "random seed for the order of training sequences")
+    hash_inputs: str = _opt(
+        "auto",
+        "sha256 of a local or Hub model folder's files for the report: 'auto' up to 4 GiB of files (about 1 s per "
+        "GB, remembered per file until it changes), 'on' at any size, 'off' never (the report then says so)",
+    )
     overwrite: bool = _opt(False, "replace OUT if it exists")
 
     def validated(self) -> HealOptions:

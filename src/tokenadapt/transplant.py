@@ -58,9 +58,11 @@ from tokenadapt.vocab.decompose import decompose
 from tokenadapt.vocab.forms import FORM_FEATURES, FORM_WEIGHTS, token_forms
 from tokenadapt.zoo import resolve_embedder, resolve_model
 from tokenadapt.zoo.cache import cache_path, read_checked_array, sha256_tree, write_checked_array
+from tokenadapt.zoo.models import ResolvedModel
 
 log = logging.getLogger("tokenadapt")
 REPORT_NAME = "transplant_report.json"
+HASH_AUTO_MAX_BYTES = 4 * 2**30  # `--hash-inputs auto` hashes a model folder up to this size
 # `--prior auto` on the file-level path loads the model only up to this many bytes of weights: the path exists so
 # that big checkpoints need memory for their embeddings alone
 PRIOR_AUTO_MAX_BYTES = 4 << 30
@@ -156,8 +158,8 @@ def transplant(
             protected.append(Path(options.embedder))
         check_output_path(out_path, protected, options.overwrite)
         plan, io_note = choose_checkpoint_io(resolved_model.path, options.checkpoint_io)
-    with timings.stage("hash"):  # a built-in's source file is pinned already; a folder is hashed (remembered)
-        model_sha256 = resolved_model.sha256 or sha256_tree(resolved_model.path)
+    with timings.stage("hash"):
+        model_sha256, model_sha256_of = model_digest(resolved_model, options.hash_inputs)
     with timings.stage("load"):
         old_tokenizer = load_tokenizer(resolved_model.path)
         new_tokenizer = load_tokenizer(resolved_tokenizer)
@@ -202,7 +204,7 @@ def transplant(
         "name": resolved_model.name,
         "path": str(resolved_model.path),
         "sha256": model_sha256,
-        "sha256_of": "the source file" if resolved_model.sha256 else "the folder's files (zoo.cache.sha256_tree)",
+        "sha256_of": model_sha256_of,
         "builtin": resolved_model.builtin,
         "architecture": architecture,
         "io": "in-memory" if plan is None else "file-level",
@@ -367,6 +369,23 @@ def _estimate_file_level(
 
         new_tensors[name] = TensorSpec(name, plan.dtype, (rows, plan.hidden_size), compute)
     return new_tensors, method_paths
+
+
+def model_digest(resolved: ResolvedModel, policy: str) -> tuple[str | None, str]:
+    """(sha256, what it is the digest of) of the model a transplant read, for the report.
+
+    A built-in's (or a .gguf's) source file was hashed when it was fetched. A folder is hashed file by file
+    (`sha256_tree`, remembered per file), with `--hash-inputs auto` only up to HASH_AUTO_MAX_BYTES: reading a
+    large checkpoint whole would cost more than the file-level transplant itself, which links most shards.
+    """
+    if resolved.sha256:
+        return resolved.sha256, "the source file"
+    size = sum(f.stat().st_size for f in resolved.path.rglob("*") if f.is_file())
+    if policy == "off" or (policy == "auto" and size > HASH_AUTO_MAX_BYTES):
+        why = "--hash-inputs off" if policy == "off" else f"{size / 2**30:.1f} GiB of files, over --hash-inputs auto's"
+        limit = "" if policy == "off" else f" {HASH_AUTO_MAX_BYTES / 2**30:.0f} GiB"
+        return None, f"not computed ({why}{limit}); --hash-inputs on hashes it"
+    return sha256_tree(resolved.path), "the folder's files (tokenadapt.zoo.cache.sha256_tree)"
 
 
 def calibrate_prior(
