@@ -4,11 +4,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+# where /opt/wheels holds the CPU wheel it is used; elsewhere e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	# torch first, pinned to the CPU wheel; the project's range then installs nothing more.
-	$(PY) -m pip install -q $(FIND_LINKS) torch==2.13.0
+	# torch first, pinned; the project's range then installs nothing more.
+	$(PY) -m pip install -q $(FIND_LINKS) $(TORCH_PIP_ARGS) torch==2.13.0
 	$(PY) -m pip install -q $(FIND_LINKS) -e '.[dev]'
 	touch $@
 

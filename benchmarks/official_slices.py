@@ -14,11 +14,13 @@ it scores 0.887. The whole docs in name order start with the C API
 reference instead (0.259, 0.238; 1.009 bits per byte), a different text.
 
     python benchmarks/official_slices.py ~/.cache/tokenadapt/bench-work/heal/smollm2-qwen2-hybrid
+    python benchmarks/official_slices.py OUT --json benchmarks/results/official_slices.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sysconfig
 from pathlib import Path
 
@@ -59,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="transplanted model directories to score")
     parser.add_argument("--reference", default="smollm2-135m", help="the original model")
+    parser.add_argument("--json", type=Path, help="also write every bits-per-byte figure and ratio here")
     args = parser.parse_args()
     corpora = [builtin_slice(name) for name in TEXTS] + [stdlib_corpus()]
     options = EvalOptions(max_bytes=SLICE_BYTES).validated()
@@ -78,6 +81,17 @@ def main() -> None:
         ratios = [value / base for value, base in zip(scores[spec], original, strict=True)]
         rows.append([Path(spec).name, *(f"{r:.3f}x" for r in ratios), f"{sum(ratios) / len(ratios):.3f}x"])
     print(markdown_table(["", *names, "avg"], rows))
+    if args.json:
+        summary = {
+            "texts": names,
+            "slice_bytes": SLICE_BYTES,
+            "official": {"original_bits_per_byte": OFFICIAL_ORIGINAL, "hybrid_ratio": OFFICIAL_HYBRID},
+            "bits_per_byte": scores,
+            "ratio": {
+                spec: [value / base for value, base in zip(scores[spec], original, strict=True)] for spec in args.models
+            },
+        }
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
