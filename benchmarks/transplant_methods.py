@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from tokenadapt.bench import score_on_texts, transplant_in_subprocess
-from tokenadapt.methods import method_names
+from tokenadapt.methods import get_method, method_names
 from tokenadapt.options import EvalOptions
 from tokenadapt.report import markdown_table
 from tokenadapt.zoo.cache import cache_path
 
 TEXTS = ["wiki-en", "pydocs-en", "debref-de", "debref-ja", "code-py"]
+TWO_TOKENIZER_METHODS = [name for name in method_names() if not get_method(name).needs & {"text", "focus", "donor"}]
 EVAL = EvalOptions(context=512, stride=512, bos="never", max_bytes=20000)
 
 
@@ -45,7 +46,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--targets", nargs="+", default=["llama3", "qwen2"])
-    parser.add_argument("--methods", nargs="+", default=method_names())
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=TWO_TOKENIZER_METHODS,
+        help="default: every method that needs only the model and the two tokenizers (align, focus and omp need a "
+        "text or a donor: benchmarks/peers.py runs them)",
+    )
     parser.add_argument("--texts", nargs="+", default=TEXTS)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every transplant")
     parser.add_argument("--work", type=Path, default=cache_path("bench-work"))
@@ -88,7 +95,7 @@ def main() -> None:
 
 def render(results: dict[str, Any]) -> str:
     texts, original = results["texts"], results["original"]
-    headers = ["target", "method", *texts, "avg ratio", "warm s", "cold s", "peak RSS MB"]
+    headers = ["target", "method", *texts, "avg ratio", "warm s", "cold s", "peak RSS MB (warm / cold)"]
     rows: list[list[Any]] = [
         ["(original)", "-", *[f"{original[t]['bits_per_byte']:.3f}" for t in texts], "1.000", "-", "-", "-"]
     ]
@@ -98,11 +105,11 @@ def render(results: dict[str, Any]) -> str:
             [
                 cell["target"],
                 cell["method"],
-                *[f"{r:.3f}x" for r in ratios],
+                *[f"{cell['scores'][t]['bits_per_byte']:.3f} ({r:.3f}x)" for t, r in zip(texts, ratios, strict=True)],
                 f"{sum(ratios) / len(ratios):.3f}x",
                 cell["warm"]["wall_s"],
                 cell.get("cold", {}).get("wall_s", "-"),
-                cell["warm"]["peak_rss_mb"],
+                " / ".join(f"{cell[run]['peak_rss_mb']:.0f}" for run in ("warm", "cold") if run in cell),
             ]
         )
     compression = [["(original)", *[f"{original[t]['tokens_per_byte']:.3f}" for t in texts]]]
@@ -110,7 +117,7 @@ def render(results: dict[str, Any]) -> str:
         cell = next(c for c in results["cells"] if c["target"] == target)
         compression.append([target, *[f"{cell['scores'][t]['tokens_per_byte']:.3f}" for t in texts]])
     return (
-        "Bits per byte of the original, then the ratio of each transplant to it (lower is better):\n\n"
+        "Bits per byte of the original, then of each transplant with its ratio to the original (lower is better):\n\n"
         + markdown_table(headers, rows)
         + "\n\nTokens per byte:\n\n"
         + markdown_table(["tokenizer", *texts], compression)

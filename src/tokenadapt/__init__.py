@@ -16,8 +16,10 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "TokenAdaptError": "tokenadapt.errors",
+    "DiagnoseResult": "tokenadapt.evaluation",
     "EvalResult": "tokenadapt.evaluation",
     "TextScore": "tokenadapt.evaluation",
+    "diagnose": "tokenadapt.evaluation",
     "evaluate": "tokenadapt.evaluation",
     "score_text": "tokenadapt.evaluation",
     "METHODS": "tokenadapt.methods",
@@ -37,10 +39,16 @@ __all__ = ["__version__", *_PUBLIC]
 if TYPE_CHECKING:  # explicit re-exports for type checkers and IDEs
     from tokenadapt.errors import TokenAdaptError as TokenAdaptError
     from tokenadapt.evaluation import (
+        DiagnoseResult as DiagnoseResult,
+    )
+    from tokenadapt.evaluation import (
         EvalResult as EvalResult,
     )
     from tokenadapt.evaluation import (
         TextScore as TextScore,
+    )
+    from tokenadapt.evaluation import (
+        diagnose as diagnose,
     )
     from tokenadapt.evaluation import (
         evaluate as evaluate,

@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     add_dataclass_flags(e, EvalOptions)
 
+    g = add_command("diagnose", help="where a transplanted model loses against its original, token by token")
+    g.add_argument("model", help="a transplanted model directory (or any model: then pass --reference)")
+    g.add_argument("--reference", help="the original model (default: the one its transplant_report.json names)")
+    g.add_argument("--text", action="append", help="built-in text name or local path (repeatable; default wiki-en)")
+    g.add_argument("--top", type=int, default=12, help="costliest target tokens to list per text")
+    g.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    add_dataclass_flags(g, EvalOptions)
+
     v = add_command(
         "verify", help="check a model directory (shapes, special ids, ties, finite values; reload and score if small)"
     )
@@ -139,6 +147,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.json:
             args.json.write_text(json.dumps(scores.to_dict(), indent=2, default=str) + "\n")
         print(scores.to_markdown())
+    elif args.command == "diagnose":
+        from tokenadapt.evaluation.excess import diagnose
+
+        options = options_from(args, EvalOptions)
+        found = diagnose(args.model, args.text or ["wiki-en"], args.reference, options, top=args.top)
+        if args.json:
+            args.json.write_text(json.dumps(found.to_dict(), indent=2, default=str) + "\n")
+        print(found.to_markdown())
     elif args.command == "verify":
         from tokenadapt.file_level import verify_directory
         from tokenadapt.report import markdown_table
