@@ -57,6 +57,8 @@ def test_the_excess_splits_exactly_and_matches_the_scorer(moved: Path, text_file
         assert row.parts[a]["positions"] + row.parts[b]["positions"] == score.scored_tokens
     assert row.parts["target estimated"]["positions"] > 0
     assert [c.excess for c in row.costliest] == sorted((c.excess for c in row.costliest), reverse=True)
+    assert not any("Ġ" in c.token or "▁" in c.token for c in row.costliest)  # the text a token stands for
+    assert any(c.token.startswith(" ") for c in row.costliest)
 
 
 def test_the_head_split_is_a_hand_computation(moved: Path, text_file: Path, tied_model_dir: Path) -> None:

@@ -177,8 +177,12 @@ def text_excess(
     heads: np.ndarray,
     options: EvalOptions,
     top: int = 12,
+    vocab: Vocabulary | None = None,
 ) -> TextExcess:
-    """The excess of `model` (lm, tokenizer) over `reference` (lm, tokenizer) on one text; see the module doc."""
+    """The excess of `model` (lm, tokenizer) over `reference` (lm, tokenizer) on one text; see the module doc.
+
+    `vocab` (the model's) names the costliest tokens by the text they stand for (" für", not "ĠfÃ¼r").
+    """
     text = corpus.text
     old_ids, old_ends, old_nll, _ = token_losses(*reference, text, options)
     new_ids, new_ends, new_nll, head_nll = token_losses(*model, text, options, heads)
@@ -230,8 +234,14 @@ def text_excess(
         excess=total,
         parts=parts,
         head_split=head_split,
-        costliest=[TokenCost(model[1].convert_ids_to_tokens(t), int(n), float(c)) for t, (n, c) in costliest],
+        costliest=[TokenCost(_token_text(model[1], vocab, t), int(n), float(c)) for t, (n, c) in costliest],
     )
+
+
+def _token_text(tokenizer: Any, vocab: Vocabulary | None, token_id: int) -> str:
+    """What a token stands for: its bytes as text (partial UTF-8 escaped), else the tokenizer's own spelling."""
+    data = vocab.canonical[token_id] if vocab is not None and token_id < vocab.size else None
+    return data.decode("utf-8", errors="backslashreplace") if data else str(tokenizer.convert_ids_to_tokens(token_id))
 
 
 def original_of(model_dir: str | Path) -> str:
@@ -272,7 +282,7 @@ def diagnose(
     result = DiagnoseResult(model=str(model), reference=reference, options=dataclasses.asdict(options))
     with timings.stage("score"):
         for corpus in corpora:
-            result.texts.append(text_excess(transplanted, original, corpus, alignment, heads, options, top))
+            result.texts.append(text_excess(transplanted, original, corpus, alignment, heads, options, top, new_vocab))
     result.timings = timings
     result.peak_rss_mb = round(peak_rss_mb(), 1)
     result.versions = versions()
