@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenadapt.errors import TokenAdaptError
+from tokenadapt.errors import OutputError, TokenAdaptError
 from tokenadapt.options import (
     BenchOptions,
     EvalOptions,
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         texts = args.text or ["wiki-en"]
         scores = evaluate(args.model, texts, args.reference, options_from(args, EvalOptions), progress)
         if args.json:
-            args.json.write_text(json.dumps(scores.to_dict(), indent=2, default=str) + "\n")
+            save_text(args.json, json.dumps(scores.to_dict(), indent=2, default=str) + "\n")
         print(scores.to_markdown())
     elif args.command == "diagnose":
         from tokenadapt.evaluation.excess import diagnose
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         options = options_from(args, EvalOptions)
         found = diagnose(args.model, args.text or ["wiki-en"], args.reference, options, top=args.top)
         if args.json:
-            args.json.write_text(json.dumps(found.to_dict(), indent=2, default=str) + "\n")
+            save_text(args.json, json.dumps(found.to_dict(), indent=2, default=str) + "\n")
         print(found.to_markdown())
     elif args.command == "verify":
         from tokenadapt.file_level import verify_directory
@@ -173,11 +173,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 0 if verification.passed else 1
     elif args.command == "tokenizer-report":
         from tokenadapt.evaluation.tokenizer_report import tokenizer_report
-        from tokenadapt.report import write_json
 
         report = tokenizer_report(args.tokenizers, args.text or ["wiki-en"], args.max_bytes, progress)
         if args.json:
-            write_json(args.json, report.to_dict())
+            save_text(args.json, json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
         print(report.to_markdown())
     elif args.command == "train-tokenizer":
         from tokenadapt.training import train_tokenizer
@@ -193,14 +192,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(healed.to_markdown())
     elif args.command == "bench":
         from tokenadapt.bench import run_bench
-        from tokenadapt.report import write_json
 
         bench = run_bench(options_from(args, BenchOptions), log=lambda line: print(line, flush=True))
         table = bench.to_markdown() + f"\n\nScoring throughput: {bench.evaluation_tokens_per_s:.0f} tokens/s."
         if args.json:
-            write_json(args.json, bench.to_dict())
+            save_text(args.json, json.dumps(bench.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
         if args.markdown:
-            args.markdown.write_text(table + "\n", encoding="utf-8")
+            save_text(args.markdown, table + "\n")
         if args.plots:
             for path in bench.plot(args.plots):
                 print(f"wrote {path}")
@@ -208,6 +206,17 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif args.command == "demo":
         print(run_demo(args.method, progress))
     return 0
+
+
+def save_text(path: Path, text: str) -> None:
+    """Write a file the user named (--json, --markdown); a path that cannot be written is one clear error."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise OutputError(
+            f"Cannot write {path}: {error.strerror or error}.",
+            "Choose a path in a directory that exists and that you can write to.",
+        ) from error
 
 
 def run_demo(method: str, progress: bool) -> str:

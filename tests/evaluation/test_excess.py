@@ -110,5 +110,8 @@ def test_cli_prints_and_saves_and_names_a_missing_report(
     code = main(["-q", "diagnose", str(tied_model_dir), "--text", str(text_file)])
     err = capsys.readouterr().err
     assert code == 2 and "--reference" in err and "Traceback" not in err
+    code = main(["-q", "diagnose", str(moved), "--text", str(text_file), "--json", str(tmp_path / "no" / "d.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Cannot write" in err and "Traceback" not in err
     with pytest.raises(InputError, match="--top"):
         diagnose(moved, [str(text_file)], options=OPTIONS, top=-1)
