@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tokenadapt.errors import InputError
 from tokenadapt.vocab.canonical import Vocabulary
-from tokenadapt.zoo.cache import cache_path, read_checked_array, remembered_sha256, write_checked_array
+from tokenadapt.zoo.cache import cache_path, read_checked_array, sha256_tree, write_checked_array
 
 InputKey = tuple[int, ...]  # the embedder's token ids for one text
 
@@ -37,7 +37,7 @@ class AuxEmbedder:
     """A Hugging Face encoder with mean pooling, used as a frozen text-similarity function."""
 
     name: str
-    fingerprint: str
+    sha256: str  # of its folder's files (`sha256_tree`): two fine-tunes of one size must not share cached vectors
     model: Any = field(repr=False)
     tokenizer: Any = field(repr=False)
     batch_size: int = 512
@@ -57,11 +57,16 @@ class AuxEmbedder:
             ) from error
         return cls(
             name=name or path.name,
-            fingerprint=_fingerprint(path),
+            sha256=sha256_tree(path),
             model=model,
             tokenizer=tokenizer,
             batch_size=batch_size,
         )
+
+    @property
+    def fingerprint(self) -> str:
+        """The part of `sha256` that cache keys use."""
+        return self.sha256[:16]
 
     def embed(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """[N, a] float32 L2-normalised embeddings (mean pooling over the encoder's last layer)."""
@@ -119,21 +124,6 @@ class AuxEmbedder:
     @property
     def dimension(self) -> int:
         return int(self.model.config.hidden_size)
-
-
-def _fingerprint(path: Path) -> str:
-    """Identity of an embedder: the content of its config, tokenizer and weight files.
-
-    Weights are hashed by content (remembered per file, so only a new or changed file is read): two fine-tunes of
-    one base model have the same sizes, and sharing a cache entry would give one the other's vectors.
-    """
-    digest = hashlib.sha256()
-    for file in sorted(path.iterdir()):
-        if file.suffix in {".json", ".txt"}:
-            digest.update(file.name.encode() + file.read_bytes())
-        elif file.suffix in {".safetensors", ".bin"}:
-            digest.update(f"{file.name}:{remembered_sha256(file)}".encode())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

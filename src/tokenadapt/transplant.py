@@ -546,14 +546,15 @@ def _method_inputs(
             fields["decomposition"] = decompose(old_vocab, new_vocab, new_ids, old_rows, progress)
     if "aux" in needs:
         with timings.stage("embed"):
-            embedder_path = resolve_embedder(options.embedder)
-            embedder = AuxEmbedder.load(embedder_path, name=options.embedder, batch_size=options.embed_batch_size)
+            embedder = AuxEmbedder.load(
+                resolve_embedder(options.embedder), name=options.embedder, batch_size=options.embed_batch_size
+            )
             old_aux = embed_vocabulary(embedder, old_vocab, progress=progress)
             # the estimated tokens only: copied rows need no neighbours, and inputs the old side has are lent
             new_aux = embed_vocabulary(embedder, new_vocab, progress=progress, token_ids=new_ids, donor=old_aux)
             fields["aux_report"] = {
                 "embedder": options.embedder,
-                "embedder_sha256": sha256_tree(embedder_path),
+                "embedder_sha256": embedder.sha256,
                 "old": {"cached": old_aux.from_cache, "inputs_encoded": old_aux.encoded},
                 "new": {
                     "tokens": int(new_ids.shape[0]),
