@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
-import json
 import logging
 import os
 import shlex
@@ -145,7 +144,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         texts = args.text or ["wiki-en"]
         scores = evaluate(args.model, texts, args.reference, options_from(args, EvalOptions), progress)
         if args.json:
-            save_text(args.json, json.dumps(scores.to_dict(), indent=2, default=str) + "\n")
+            save_json(args.json, scores.to_dict())
         print(scores.to_markdown())
     elif args.command == "diagnose":
         from tokenadapt.evaluation.excess import diagnose
@@ -153,7 +152,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         options = options_from(args, EvalOptions)
         found = diagnose(args.model, args.text or ["wiki-en"], args.reference, options, top=args.top)
         if args.json:
-            save_text(args.json, json.dumps(found.to_dict(), indent=2, default=str) + "\n")
+            save_json(args.json, found.to_dict())
         print(found.to_markdown())
     elif args.command == "verify":
         from tokenadapt.file_level import verify_directory
@@ -176,7 +175,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         report = tokenizer_report(args.tokenizers, args.text or ["wiki-en"], args.max_bytes, progress)
         if args.json:
-            save_text(args.json, json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
+            save_json(args.json, report.to_dict())
         print(report.to_markdown())
     elif args.command == "train-tokenizer":
         from tokenadapt.training import train_tokenizer
@@ -196,7 +195,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         bench = run_bench(options_from(args, BenchOptions), log=lambda line: print(line, flush=True))
         table = bench.to_markdown() + f"\n\nScoring throughput: {bench.evaluation_tokens_per_s:.0f} tokens/s."
         if args.json:
-            save_text(args.json, json.dumps(bench.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
+            save_json(args.json, bench.to_dict())
         if args.markdown:
             save_text(args.markdown, table + "\n")
         if args.plots:
@@ -206,6 +205,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif args.command == "demo":
         print(run_demo(args.method, progress))
     return 0
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON (`report.json_text`) to a path the user named (--json)."""
+    from tokenadapt.report import json_text
+
+    save_text(path, json_text(data))
 
 
 def save_text(path: Path, text: str) -> None:

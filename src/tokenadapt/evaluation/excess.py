@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tokenadapt.errors import InputError
 from tokenadapt.evaluation.evaluator import load_scored_model
-from tokenadapt.evaluation.scoring import encode_with_byte_ends, sequence_losses, wants_bos
+from tokenadapt.evaluation.scoring import token_losses
 from tokenadapt.options import EvalOptions
 from tokenadapt.report import Timings, markdown_table, peak_rss_mb, versions
 from tokenadapt.vocab import Alignment, Assignment, Vocabulary, align_vocabularies, build_vocabulary
@@ -152,23 +151,6 @@ def heads_of(old_vocab: Vocabulary, new_vocab: Vocabulary, alignment: Alignment)
     return heads
 
 
-def token_losses(
-    model: Any, tokenizer: Any, text: str, options: EvalOptions, rivals: np.ndarray | None = None
-) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray | None]:
-    """(ids, byte end of each id, nll of each id, nll of each id's rival) for `text`, bos as `options.bos` says.
-
-    Without bos the first token has no prediction: its nll is 0 (and it is left out of every sum below, as
-    `score_text` leaves it out). `rivals` [V] maps a target id to a rival id (-1: none).
-    """
-    ids, ends = encode_with_byte_ends(tokenizer, text)
-    bos = wants_bos(tokenizer, options.bos)
-    sequence = torch.tensor(([tokenizer.bos_token_id] if bos else []) + ids, dtype=torch.long)
-    alternatives = None if rivals is None else torch.from_numpy(rivals[sequence.numpy()])
-    nll, rival_nll = sequence_losses(model, sequence, 1, options, alternatives)
-    skip = int(bos)
-    return ids, ends, nll[skip:], None if rival_nll is None else rival_nll[skip:]
-
-
 def text_excess(
     model: tuple[Any, Any],
     reference: tuple[Any, Any],
@@ -184,10 +166,12 @@ def text_excess(
     `vocab` (the model's) names the costliest tokens by the text they stand for (" für", not "ĠfÃ¼r").
     """
     text = corpus.text
-    old_ids, old_ends, old_nll, _ = token_losses(*reference, text, options)
-    new_ids, new_ends, new_nll, head_nll = token_losses(*model, text, options, heads)
+    old = token_losses(*reference, text, options)
+    new = token_losses(*model, text, options, rivals=heads)
+    old_ids, old_ends, old_nll = old.ids, old.byte_ends, old.nll
+    new_ids, new_ends, new_nll, head_nll = new.ids, new.byte_ends, new.nll, new.rival_nll
     assert head_nll is not None
-    scored = slice(0 if wants_bos(model[1], options.bos) else 1, None)
+    scored = slice(0 if new.bos else 1, None)
     # the original's cost of each new token's bytes: its tokens that end inside (previous end, end]
     cumulative = np.concatenate([[0.0], np.cumsum(old_nll)])
     ends_before = np.concatenate([[0], np.searchsorted(old_ends, new_ends, side="right")])

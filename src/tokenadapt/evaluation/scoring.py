@@ -150,28 +150,15 @@ def score_text(
     each scored token's nll is credited to the document holding its last byte.
     """
     options = (options or EvalOptions()).validated()
-    if not text.strip():
-        raise InputError("The text to score is empty.", "Pass a text with some content.")
-    ids, byte_ends = encode_with_byte_ends(tokenizer, text)
+    losses = token_losses(model, tokenizer, text, options, progress=progress)
+    ids, byte_ends, bos = losses.ids, losses.byte_ends, losses.bos
     total_bytes = len(text.encode("utf-8"))
-    bos = wants_bos(tokenizer, options.bos)
-    sequence = torch.tensor(([tokenizer.bos_token_id] if bos else []) + ids, dtype=torch.long)
-    first_scored = 1  # position 0 is bos (scored from it) or the first text token (no prediction for it)
-    if sequence.numel() < 2:
-        raise InputError("The text is too short to score (fewer than two tokens).", "Pass a longer text.")
-    rows = model.get_input_embeddings().weight.shape[0]
-    if int(sequence.max()) >= rows:
-        raise InputError(
-            f"The tokenizer emits id {int(sequence.max())} but the model has only {rows} embedding rows.",
-            "The model and tokenizer do not belong together: pass the tokenizer saved with the model.",
-        )
-    token_nll, _ = sequence_losses(model, sequence, first_scored, options, progress=progress)
-    nll = float(token_nll.sum())
-    # sequence position p holds text token p - bos; credit it to the document that holds its last byte
-    scored_ends = byte_ends[np.arange(first_scored, sequence.numel()) - int(bos)]
+    nll = float(losses.nll.sum())
+    scored = slice(0 if bos else 1, None)  # without bos the first text token has no prediction
     ends = np.asarray(document_ends if document_ends else [total_bytes], dtype=np.int64)
-    documents = np.searchsorted(ends, scored_ends - 1, side="right").clip(max=len(ends) - 1)
-    document_nll = np.bincount(documents, weights=token_nll[first_scored:], minlength=len(ends))
+    # credit each scored token to the document that holds its last byte
+    documents = np.searchsorted(ends, byte_ends[scored] - 1, side="right").clip(max=len(ends) - 1)
+    document_nll = np.bincount(documents, weights=losses.nll[scored], minlength=len(ends))
     document_tokens = np.bincount(documents, minlength=len(ends))
     text_tokens_scored = len(ids) if bos else len(ids) - 1
     scored_bytes = total_bytes if bos else total_bytes - int(byte_ends[0])
@@ -186,6 +173,51 @@ def score_text(
         document_nll=tuple(float(x) for x in document_nll),
         document_tokens=tuple(int(x) for x in document_tokens),
     )
+
+
+@dataclass(frozen=True)
+class TokenLosses:
+    """Per text token [T]: `ids`, the UTF-8 byte offset where each ends, and its nll (0 for a first token that
+    nothing predicts, without bos); `rival_nll` [T] the nll of each position's rival id (NaN where none)."""
+
+    ids: list[int]
+    byte_ends: np.ndarray
+    bos: bool
+    nll: np.ndarray
+    rival_nll: np.ndarray | None = None
+
+
+def token_losses(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    options: EvalOptions,
+    rivals: np.ndarray | None = None,
+    progress: bool = False,
+) -> TokenLosses:
+    """Encode `text`, prepend bos as `options.bos` says, and score every position (`sequence_losses`).
+
+    `rivals` [V] maps a target id to a rival id (-1: none), for `TokenLosses.rival_nll`. Raises `InputError` for
+    an empty or one-token text and for a tokenizer that emits ids the model has no rows for.
+    """
+    if not text.strip():
+        raise InputError("The text to score is empty.", "Pass a text with some content.")
+    ids, byte_ends = encode_with_byte_ends(tokenizer, text)
+    bos = wants_bos(tokenizer, options.bos)
+    sequence = torch.tensor(([tokenizer.bos_token_id] if bos else []) + ids, dtype=torch.long)
+    if sequence.numel() < 2:
+        raise InputError("The text is too short to score (fewer than two tokens).", "Pass a longer text.")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if int(sequence.max()) >= rows:
+        raise InputError(
+            f"The tokenizer emits id {int(sequence.max())} but the model has only {rows} embedding rows.",
+            "The model and tokenizer do not belong together: pass the tokenizer saved with the model.",
+        )
+    alternatives = None if rivals is None else torch.from_numpy(rivals[sequence.numpy()])
+    # position 0 is bos (scored from it) or the first text token (no prediction for it)
+    nll, rival_nll = sequence_losses(model, sequence, 1, options, alternatives, progress)
+    skip = int(bos)  # sequence position p holds text token p - bos
+    return TokenLosses(ids, byte_ends, bos, nll[skip:], None if rival_nll is None else rival_nll[skip:])
 
 
 @torch.inference_mode()
